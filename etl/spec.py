@@ -1,0 +1,91 @@
+"""Feature spec: what the samples table holds, written by the ETL and read by every model.
+
+Pure Python (no pyspark import) so that training workers can load it without a JVM.
+Fields that share a ``vocab`` share one embedding table (e.g. ``cate`` and ``hist_cate``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+SPEC_FILE = "_feature_spec.json"
+FieldKind = Literal["sparse", "dense", "sequence"]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str  # column name in samples
+    kind: FieldKind  # sparse: int id (B,); dense: float (B,); sequence: int ids (B, max_len)
+    vocab: str | None = None  # vocabulary name; None for dense
+    vocab_size: int = 0  # ids are in [0, vocab_size); 0 = padding, 1 = unknown
+
+
+@dataclass
+class FeatureSpec:
+    source: str
+    max_len: int
+    fields: list[FieldSpec]
+    labels: list[str] = field(default_factory=lambda: ["click", "conversion", "n_future_views"])
+    length_field: str = "hist_len"  # int column: number of valid sequence entries (<= max_len)
+    key_fields: list[str] = field(default_factory=lambda: ["impression_id", "user_key"])
+    splits: dict[str, list[str]] = field(default_factory=dict)  # split -> days (ISO dates)
+    tables: dict[str, int] = field(default_factory=dict)  # table name -> Delta version written
+
+    @property
+    def sparse(self) -> list[FieldSpec]:
+        return [f for f in self.fields if f.kind == "sparse"]
+
+    @property
+    def dense(self) -> list[FieldSpec]:
+        return [f for f in self.fields if f.kind == "dense"]
+
+    @property
+    def sequence(self) -> list[FieldSpec]:
+        return [f for f in self.fields if f.kind == "sequence"]
+
+    @property
+    def vocab_sizes(self) -> dict[str, int]:
+        """One entry per shared vocabulary (largest size seen among its fields)."""
+        sizes: dict[str, int] = {}
+        for f in self.fields:
+            if f.vocab is not None:
+                sizes[f.vocab] = max(sizes.get(f.vocab, 0), f.vocab_size)
+        return sizes
+
+    def columns(self) -> list[str]:
+        """Every samples column a training batch needs."""
+        cols = [f.name for f in self.fields] + list(self.labels) + list(self.key_fields)
+        if self.sequence:
+            cols.append(self.length_field)
+        return cols
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSpec:
+        raw = json.loads(text)
+        raw["fields"] = [FieldSpec(**f) for f in raw["fields"]]
+        return cls(**raw)
+
+    def save(self, lake: str | Path) -> Path:
+        """Write atomically (temp file + rename) so a crash never leaves half a spec."""
+        path = Path(lake) / SPEC_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".spec-")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.to_json())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, lake: str | Path) -> FeatureSpec:
+        path = Path(lake) / SPEC_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no feature spec at {path}: run jobs/etl.py on this lake first")
+        return cls.from_json(path.read_text())

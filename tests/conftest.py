@@ -1,0 +1,31 @@
+"""Shared fixtures: one real local Spark session with Delta for the whole test run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from etl.spark import get_spark
+
+    session = get_spark("isrec-tests", master="local[2]", extra_conf={"spark.sql.shuffle.partitions": "4"})
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    if not REAL_DATA.is_dir():
+        pytest.fail(f"real data slices not found at {REAL_DATA} (CI keeps ../shared beside the clone)")
+    return REAL_DATA
