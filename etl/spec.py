@@ -87,5 +87,7 @@ class FeatureSpec:
     def load(cls, lake: str | Path) -> FeatureSpec:
         path = Path(lake) / SPEC_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"no feature spec at {path}: run jobs/etl.py on this lake first")
+            raise FileNotFoundError(
+                f"no feature spec at {path}: run jobs/etl.py on this lake first"
+            )
         return cls.from_json(path.read_text())

@@ -19,7 +19,9 @@ REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "real"
 def spark():
     from etl.spark import get_spark
 
-    session = get_spark("isrec-tests", master="local[2]", extra_conf={"spark.sql.shuffle.partitions": "4"})
+    session = get_spark(
+        "isrec-tests", master="local[2]", extra_conf={"spark.sql.shuffle.partitions": "4"}
+    )
     yield session
     session.stop()
 
@@ -27,5 +29,7 @@ def spark():
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     if not REAL_DATA.is_dir():
-        pytest.fail(f"real data slices not found at {REAL_DATA} (CI keeps ../shared beside the clone)")
+        pytest.fail(
+            f"real data slices not found at {REAL_DATA} (CI keeps ../shared beside the clone)"
+        )
     return REAL_DATA

@@ -1,0 +1,76 @@
+"""Vocabularies: raw categorical values -> contiguous ids, built on the train period only.
+
+Id 0 is padding/missing (null raw value), 1 is unknown (unseen in train or below min_count);
+known values get ids from 2 upward, ordered by count (desc) then raw value, so a rerun over the
+same input gives the same ids.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from etl.schemas import VOCAB
+
+PAD_ID = 0
+UNKNOWN_ID = 1
+FIRST_ID = 2
+
+
+def build_vocab(values: dict[str, DataFrame], min_count: int = 1) -> DataFrame:
+    """``values`` maps a vocabulary name to a one-column DataFrame of raw occurrences.
+
+    Nulls are ignored (they encode to PAD_ID). Returns a DataFrame with the VOCAB schema.
+    """
+    parts = []
+    for name, df in values.items():
+        col = df.columns[0]
+        counted = (
+            df.where(F.col(col).isNotNull())
+            .groupBy(F.col(col).cast("string").alias("raw"))
+            .agg(F.count(F.lit(1)).alias("count"))
+            .where(F.col("count") >= max(min_count, 1))
+            .withColumn("vocab", F.lit(name))
+        )
+        parts.append(counted)
+    union = parts[0]
+    for part in parts[1:]:
+        union = union.unionByName(part)
+    order = Window.partitionBy("vocab").orderBy(F.col("count").desc(), F.col("raw"))
+    ranked = union.withColumn("id", (F.row_number().over(order) + FIRST_ID - 1).cast("int"))
+    return ranked.select(*[f.name for f in VOCAB.fields])
+
+
+def vocab_sizes(vocab: DataFrame) -> dict[str, int]:
+    """Embedding table size per vocabulary: max id + 1 (at least 2 for pad and unknown)."""
+    rows = vocab.groupBy("vocab").agg(F.max("id").alias("max_id")).collect()
+    return {r["vocab"]: int(r["max_id"]) + 1 for r in rows}
+
+
+def encode_column(df: DataFrame, column: str, vocab: DataFrame, name: str, out: str) -> DataFrame:
+    """Add ``out`` = id of ``column`` in vocabulary ``name`` (broadcast join; null -> 0)."""
+    lookup = vocab.where(F.col("vocab") == name).select(
+        F.col("raw").alias(f"__raw_{out}"), F.col("id").alias(f"__id_{out}")
+    )
+    joined = df.join(
+        F.broadcast(lookup) if _small(name) else lookup,
+        F.col(column).cast("string") == F.col(f"__raw_{out}"),
+        "left",
+    )
+    return joined.withColumn(out, id_or_unknown(F.col(column), F.col(f"__id_{out}"))).drop(
+        f"__raw_{out}", f"__id_{out}"
+    )
+
+
+def id_or_unknown(raw: Column, looked_up: Column) -> Column:
+    return (
+        F.when(raw.isNull(), F.lit(PAD_ID))
+        .when(looked_up.isNull(), F.lit(UNKNOWN_ID))
+        .otherwise(looked_up)
+        .cast("int")
+    )
+
+
+def _small(name: str) -> bool:
+    # Item/user vocabularies can hold millions of entries: let Spark pick the join strategy.
+    return name not in {"user", "item", "ad"}
