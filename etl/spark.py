@@ -78,6 +78,8 @@ def get_spark(
     builder = SparkSession.builder.appName(app_name)
     conf = {**DELTA_CONF, **LOCAL_CONF, **(extra_conf or {})}
     if not _running_under_spark_submit():
+        # Python workers must run this interpreter (the venv), not whatever python3 is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.master(master or os.environ.get("ISREC_SPARK_MASTER", "local[*]"))
         if delta_jars_present():
             conf["spark.jars"] = ",".join(str(p) for p in delta_jar_paths())

@@ -1,0 +1,78 @@
+"""ETL configuration: one dataclass with defaults, and the one place that defines the ETL CLI."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+SOURCES = ("taobao_ad", "user_behavior", "ali_ccp")
+
+
+@dataclass
+class EtlConfig:
+    source: str = field(default="taobao_ad", metadata={"help": "raw format", "choices": SOURCES})
+    input: str = field(default="", metadata={"help": "folder (or file) with the raw logs"})
+    output: str = field(default="", metadata={"help": "lake folder for the Delta tables"})
+    gap_minutes: float = field(
+        default=30.0, metadata={"help": "a gap longer than this starts a new session"}
+    )
+    max_len: int = field(default=50, metadata={"help": "history length L per impression"})
+    attribution_hours: float = field(
+        default=24.0, metadata={"help": "a buy this long after a click counts as its conversion"}
+    )
+    min_count: int = field(
+        default=1, metadata={"help": "values seen fewer times in train map to unknown (id 1)"}
+    )
+    tz_offset_hours: int = field(default=8, metadata={"help": "day boundaries (UTC+8 for Taobao)"})
+    test_days: int = field(default=1, metadata={"help": "last N impression days -> test"})
+    valid_days: int = field(
+        default=1, metadata={"help": "N days before test -> valid (0: no valid split)"}
+    )
+    test_start: str | None = field(
+        default=None, metadata={"help": "first test day YYYY-MM-DD (overrides test_days)"}
+    )
+    max_quarantine_share: float = field(
+        default=0.05, metadata={"help": "fail when more than this share of a file is malformed"}
+    )
+    negatives_per_positive: int = field(
+        default=4, metadata={"help": "user_behavior: sampled non-viewed items per view"}
+    )
+    seed: int = field(default=7, metadata={"help": "seed for sampled negatives"})
+    rows_per_file: int = field(
+        default=1_000_000, metadata={"help": "max rows per samples parquet file"}
+    )
+    min_files_per_split: int = field(
+        default=8, metadata={"help": "samples files per split at least (one shard per worker)"}
+    )
+
+    @property
+    def gap_seconds(self) -> int:
+        return int(self.gap_minutes * 60)
+
+    @property
+    def attribution_seconds(self) -> int:
+        return int(self.attribution_hours * 3600)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Expose every EtlConfig field as --kebab-case option."""
+    for f in fields(EtlConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kwargs: dict = {"help": f.metadata.get("help", ""), "dest": f.name}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        kind = {"int": int, "float": float}.get(str(f.type), str)
+        kwargs["type"] = kind
+        required = f.name in ("input", "output")
+        if required:
+            kwargs["required"] = True
+        elif f.default is not MISSING:
+            kwargs["default"] = f.default
+        parser.add_argument(flag, **kwargs)
+
+
+def from_args(args: argparse.Namespace) -> EtlConfig:
+    return EtlConfig(**{f.name: getattr(args, f.name) for f in fields(EtlConfig)})

@@ -1,0 +1,205 @@
+"""The ETL: raw logs -> bronze, quarantine, events, sessions, impressions, vocab, samples, spec.
+
+Every table is written with one atomic Delta overwrite, so a rerun over the same input gives
+the same contents and a crash leaves the previous version readable. The feature spec is written
+last and records the versions of all tables of the run (it is the run's commit marker).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from delta.tables import DeltaTable
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from etl.config import EtlConfig
+from etl.impressions import PassConfig, label_and_history
+from etl.lake import read_table, table_path, write_table
+from etl.samples import (
+    Splits,
+    assign_splits,
+    build_vocabularies,
+    encode_events,
+    encode_impression_features,
+    feature_fields,
+    sample_columns,
+)
+from etl.schemas import ADS, IMPRESSIONS, USERS
+from etl.sessionize import local_day, sessionize, summarize_sessions
+from etl.sources import check_reconciliation, load_source
+from etl.sources.base import FileReport, SourceConfig, SourceData
+from etl.spec import FeatureSpec
+from etl.vocab import vocab_sizes
+from etl.wide import build_wide_samples
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EtlSummary:
+    source: str
+    lake: str
+    rows: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+    reports: list[FileReport] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)
+    splits: dict[str, list[str]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [f"ETL {self.source} -> {self.lake} in {self.seconds:.1f}s"]
+        out += [
+            f"  file {r.file}: read {r.read} = kept {r.kept} + quarantined {r.quarantined}"
+            for r in self.reports
+        ]
+        out += [
+            f"  table {name:<22} rows {self.rows.get(name, 0):>12,}  delta version {version}"
+            for name, version in self.versions.items()
+        ]
+        out += [f"  {key}: {value:.6g}" for key, value in self.stats.items()]
+        out += [f"  split {name}: {', '.join(days)}" for name, days in self.splits.items()]
+        return out
+
+
+def run_etl(spark: SparkSession, cfg: EtlConfig) -> EtlSummary:
+    started = time.time()
+    summary = EtlSummary(source=cfg.source, lake=cfg.output)
+    data = load_source(spark, cfg.source, cfg.input, source_config(cfg))
+    summary.reports = data.reports
+    for report in data.reports:
+        log.info(
+            "%s: read %d kept %d quarantined %d",
+            report.file,
+            report.read,
+            report.kept,
+            report.quarantined,
+        )
+    check_reconciliation(data.reports, cfg.max_quarantine_share)
+    write = _writer(spark, cfg, summary)
+    for name, df in data.bronze.items():
+        write(df, name, None)
+    write(data.quarantine, "quarantine", None)
+    if data.wide_samples is not None:
+        spec = build_wide_samples(spark, data.wide_samples, cfg, write)
+    else:
+        spec = _build_session_tables(spark, data, cfg, write, summary)
+    spec.tables = dict(summary.versions)
+    spec.save(cfg.output)
+    summary.stats.update(_label_stats(read_table(spark, cfg.output, "samples")))
+    summary.stats["quarantined_rows"] = float(sum(r.quarantined for r in data.reports))
+    summary.splits = spec.splits
+    summary.seconds = time.time() - started
+    return summary
+
+
+def source_config(cfg: EtlConfig) -> SourceConfig:
+    return SourceConfig(
+        max_quarantine_share=cfg.max_quarantine_share,
+        negatives_per_positive=cfg.negatives_per_positive,
+        seed=cfg.seed,
+    )
+
+
+def _writer(spark: SparkSession, cfg: EtlConfig, summary: EtlSummary):
+    def write(df: DataFrame, name: str, partition_by: list[str] | None) -> DataFrame:
+        log.info("writing %s", name)
+        summary.versions[name] = write_table(df, cfg.output, name, partition_by)
+        written = read_table(spark, cfg.output, name)
+        summary.rows[name] = written.count()
+        return written
+
+    return write
+
+
+def _build_session_tables(
+    spark: SparkSession, data: SourceData, cfg: EtlConfig, write, summary: EtlSummary
+) -> FeatureSpec:
+    tz = cfg.tz_offset_hours
+    events = write(sessionize(data.behaviors, cfg.gap_seconds, tz), "events", ["day"])
+    sessions = write(summarize_sessions(events, tz), "sessions", ["day"])
+    summary.stats["sessions"] = float(sessions.count())
+    impressions = _keyed_impressions(data.impressions, tz)
+    splits = _splits(impressions, cfg)
+    enriched = (
+        impressions.withColumn("split", splits.column(F.col("day")))
+        .join(_one_row_per_key(data.ads, ADS, "ad_id"), "ad_id", "left")
+        .join(_one_row_per_key(data.users, USERS, "user_id"), "user_id", "left")
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    train_events = events.where(F.col("ts") < splits.train_end_ts(tz))
+    vocab = write(
+        build_vocabularies(enriched.where(F.col("split") == "train"), train_events, cfg.min_count),
+        "vocab",
+        None,
+    )
+    passed = label_and_history(
+        encode_events(events, vocab),
+        enriched,
+        PassConfig(cfg.gap_seconds, cfg.attribution_seconds, cfg.max_len, data.conversion_match),
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    labeled = enriched.join(passed, "impression_id")
+    write(labeled.select(*[f.name for f in IMPRESSIONS.fields]), "impressions", ["day"])
+    events_have = {
+        c: events.where(F.col(c).isNotNull()).limit(1).count() > 0
+        for c in ("item_id", "cate_id", "brand_id")
+    }
+    fields = feature_fields(vocab_sizes(vocab), events_have)
+    samples = encode_impression_features(labeled, vocab, tz).select(*sample_columns(fields))
+    write_samples(spark, samples, cfg, write)
+    enriched.unpersist()
+    passed.unpersist()
+    return FeatureSpec(
+        source=cfg.source, max_len=cfg.max_len, fields=fields, splits=splits.as_dict()
+    )
+
+
+def write_samples(spark: SparkSession, samples: DataFrame, cfg: EtlConfig, write) -> DataFrame:
+    """Write samples partitioned by split/day in enough files for one shard per worker, then
+    the symlink manifest that training reads instead of scanning the table folder."""
+    samples = samples.persist(StorageLevel.MEMORY_AND_DISK)
+    n_files = max(cfg.min_files_per_split, math.ceil(samples.count() / cfg.rows_per_file))
+    spark.conf.set("spark.sql.files.maxRecordsPerFile", str(cfg.rows_per_file))
+    written = write(samples.repartition(n_files, "impression_id"), "samples", ["split", "day"])
+    samples.unpersist()
+    DeltaTable.forPath(spark, table_path(cfg.output, "samples")).generate("symlink_format_manifest")
+    return written
+
+
+def _keyed_impressions(raw: DataFrame, tz: int) -> DataFrame:
+    key = F.xxhash64("user_id", "ts", "ad_id", "slot", "click")
+    return raw.withColumn("impression_id", key).withColumn("day", local_day(F.col("ts"), tz))
+
+
+def _splits(impressions: DataFrame, cfg: EtlConfig) -> Splits:
+    days = [r["day"].isoformat() for r in impressions.select("day").distinct().collect()]
+    return assign_splits(days, cfg.test_days, cfg.valid_days, cfg.test_start)
+
+
+def _one_row_per_key(df: DataFrame | None, schema, key: str) -> DataFrame:
+    """Side tables joined many-to-one: keep one deterministic row per key (min of each column)."""
+    spark = SparkSession.getActiveSession()
+    if df is None:
+        return spark.createDataFrame([], schema)
+    others = [f.name for f in schema.fields if f.name != key]
+    return df.groupBy(key).agg(*[F.min(c).alias(c) for c in others])
+
+
+def _label_stats(samples: DataFrame) -> dict[str, float]:
+    row = samples.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum("click").alias("clicks"),
+        F.sum("conversion").alias("conversions"),
+        F.avg("n_future_views").alias("views"),
+    ).collect()[0]
+    n, clicks = row["n"] or 0, row["clicks"] or 0.0
+    return {
+        "impressions": float(n),
+        "ctr": clicks / n if n else float("nan"),
+        "cvr_per_click": (row["conversions"] or 0.0) / clicks if clicks else float("nan"),
+        "mean_future_views": float(row["views"] or 0.0),
+    }

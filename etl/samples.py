@@ -1,0 +1,170 @@
+"""Samples: one integer-encoded row per impression, split by time, plus vocabularies and spec.
+
+Vocabularies are built on the train period only: train impressions and the behaviors logged
+before the first valid/test day. Events are encoded before the per-user pass, so histories are
+built from ids directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from etl.impressions import GAP_VOCAB_SIZE, HISTORY_COLUMNS
+from etl.schemas import BTAGS, USER_PROFILE_FIELDS
+from etl.sessionize import btag_rank
+from etl.spec import FieldSpec
+from etl.vocab import FIRST_ID, build_vocab, encode_column
+
+# (samples field, column of the enriched impressions, vocabulary) for learned vocabularies.
+SPARSE_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("user", "user_id", "user"),
+    ("ad", "ad_id", "item"),
+    ("cate", "cate_id", "cate"),
+    ("brand", "brand_id", "brand"),
+    ("campaign", "campaign_id", "campaign"),
+    ("customer", "customer_id", "customer"),
+    ("slot", "slot", "slot"),
+    *((name, name, name) for name in USER_PROFILE_FIELDS),
+)
+# (events column, encoded column, vocabulary) shared with the ad-side fields above.
+EVENT_FIELDS = (
+    ("item_id", "e_item", "item"),
+    ("cate_id", "e_cate", "cate"),
+    ("brand_id", "e_brand", "brand"),
+)
+SEQUENCE_VOCABS = dict(zip(HISTORY_COLUMNS, ("item", "cate", "brand", "btag", "gap"), strict=True))
+SEQUENCE_SOURCE = {"hist_item": "item_id", "hist_cate": "cate_id", "hist_brand": "brand_id"}
+FIXED_VOCAB_SIZES = {
+    "hour": 24 + FIRST_ID,
+    "weekday": 7 + FIRST_ID,
+    "btag": len(BTAGS) + FIRST_ID,
+    "gap": GAP_VOCAB_SIZE,
+}
+DENSE_FIELDS = ("price_log", "session_events_log", "session_minutes_log")
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Day -> split assignment; days are ISO strings in the source's local time (UTC+8)."""
+
+    train: list[str]
+    valid: list[str]
+    test: list[str]
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"train": self.train, "valid": self.valid, "test": self.test}
+
+    def column(self, day: Column) -> Column:
+        day_str = F.date_format(day, "yyyy-MM-dd")
+        return (
+            F.when(day_str.isin(self.test), "test")
+            .when(day_str.isin(self.valid), "valid")
+            .otherwise("train")
+        )
+
+    def train_end_ts(self, tz_offset_hours: int) -> int:
+        """Unix seconds where the first non-train day starts (behaviors before it build vocab)."""
+        later = sorted(self.valid + self.test)
+        if not later:
+            return 2**62
+        start = dt.datetime.fromisoformat(later[0]).replace(tzinfo=dt.UTC)
+        return int(start.timestamp()) - tz_offset_hours * 3600
+
+
+def assign_splits(
+    days: list[str], test_days: int, valid_days: int, test_start: str | None
+) -> Splits:
+    """Last ``test_days`` days (or from ``test_start`` on) test; ``valid_days`` before valid."""
+    days = sorted(days)
+    if test_start:
+        test = [d for d in days if d >= test_start]
+        rest = [d for d in days if d < test_start]
+    else:
+        test, rest = days[len(days) - test_days :], days[: len(days) - test_days]
+    valid = rest[len(rest) - valid_days :] if valid_days > 0 else []
+    train = rest[: len(rest) - len(valid)]
+    if not train:
+        raise ValueError(
+            f"no train days left: {len(days)} impression days, test {test}, valid {valid}"
+        )
+    return Splits(train=train, valid=valid, test=test)
+
+
+def build_vocabularies(
+    train_impressions: DataFrame, train_events: DataFrame, min_count: int
+) -> DataFrame:
+    values: dict[str, DataFrame] = {}
+    for _, column, vocab in SPARSE_FIELDS:
+        part = train_impressions.select(F.col(column).cast("string").alias("raw"))
+        values[vocab] = values[vocab].unionByName(part) if vocab in values else part
+    for column, _, vocab in EVENT_FIELDS:
+        values[vocab] = values[vocab].unionByName(
+            train_events.select(F.col(column).cast("string").alias("raw"))
+        )
+    return build_vocab(values, min_count)
+
+
+def encode_events(events: DataFrame, vocab: DataFrame) -> DataFrame:
+    encoded = events.withColumn("btag_rank", btag_rank(F.col("btag")))
+    for column, out, name in EVENT_FIELDS:
+        encoded = encode_column(encoded, column, vocab, name, out)
+    return encoded.withColumn("e_btag", (F.col("btag_rank") + FIRST_ID).cast("int"))
+
+
+def encode_impression_features(
+    enriched: DataFrame, vocab: DataFrame, tz_offset_hours: int
+) -> DataFrame:
+    """Sparse ids, hour/weekday (local time) and dense features for the impressions."""
+    out = enriched
+    for field, column, name in SPARSE_FIELDS:
+        out = encode_column(out, column, vocab, name, field)
+    local = F.from_unixtime(F.col("ts") + F.lit(tz_offset_hours * 3600))
+    return (
+        out.withColumn("hour", (F.hour(local) + FIRST_ID).cast("int"))
+        .withColumn("weekday", (F.dayofweek(local) + FIRST_ID - 1).cast("int"))
+        .withColumn("price_log", F.log1p(F.coalesce(F.col("price"), F.lit(0.0))).cast("float"))
+        .withColumn("session_events_log", F.log1p(F.col("session_events")).cast("float"))
+        .withColumn("session_minutes_log", F.log1p(F.col("session_seconds") / 60.0).cast("float"))
+    )
+
+
+def feature_fields(vocab_sizes: dict[str, int], events_have: dict[str, bool]) -> list[FieldSpec]:
+    """The spec's fields: a learned field is kept only when its vocabulary knows some value."""
+    sizes = {**vocab_sizes, **FIXED_VOCAB_SIZES}
+    fields: list[FieldSpec] = []
+    for field, _, vocab in SPARSE_FIELDS:
+        if sizes.get(vocab, 0) > FIRST_ID:
+            fields.append(FieldSpec(field, "sparse", vocab, sizes[vocab]))
+    fields += [
+        FieldSpec(name, "sparse", name, FIXED_VOCAB_SIZES[name]) for name in ("hour", "weekday")
+    ]
+    fields += [FieldSpec(name, "dense") for name in DENSE_FIELDS]
+    for field, vocab in SEQUENCE_VOCABS.items():
+        source = SEQUENCE_SOURCE.get(field)
+        if source is None or (events_have.get(source) and sizes.get(vocab, 0) > FIRST_ID):
+            fields.append(FieldSpec(field, "sequence", vocab, sizes[vocab]))
+    return fields
+
+
+def sample_columns(fields: list[FieldSpec]) -> list[Column]:
+    label_cols = [
+        F.col(c).cast("float").alias(c) for c in ("click", "conversion", "n_future_views")
+    ]
+    keys = [
+        F.col("impression_id"),
+        F.col("user_id").alias("user_key"),
+        F.col("ts"),
+        F.col("day"),
+        F.col("split"),
+    ]
+    feats = [
+        F.col(f.name)
+        .cast("float" if f.kind == "dense" else ("array<int>" if f.kind == "sequence" else "int"))
+        .alias(f.name)
+        for f in fields
+    ]
+    return keys + feats + [F.col("hist_len").cast("int")] + label_cols

@@ -1,0 +1,63 @@
+"""Samples for sources that arrive as one wide row per impression (Ali-CCP).
+
+Ali-CCP has no timestamps or behavior sequences: categorical fields ``f_<field>`` are encoded
+with vocabularies built on the train split, dense ``d_<field>`` columns pass through, and
+n_future_views is 0 (unknown). Multi-valued fields (``*_14``, arrays) are not part of the spec
+yet; they are left out of samples.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from etl.config import EtlConfig
+from etl.spec import FeatureSpec, FieldSpec
+from etl.vocab import FIRST_ID, build_vocab, encode_column, vocab_sizes
+
+log = logging.getLogger(__name__)
+
+
+def build_wide_samples(spark: SparkSession, wide: DataFrame, cfg: EtlConfig, write) -> FeatureSpec:
+    from etl.pipeline import write_samples  # shared writer; avoids an import cycle
+
+    types = dict(wide.dtypes)
+    scalar = [c for c in wide.columns if c.startswith("f_") and not types[c].startswith("array")]
+    skipped = [c for c in wide.columns if c.startswith("f_") and types[c].startswith("array")]
+    dense = [c for c in wide.columns if c.startswith("d_")]
+    if skipped:
+        log.warning("multi-valued fields left out of samples: %s", ", ".join(skipped))
+    train = wide.where(F.col("split") == "train")
+    vocab = write(build_vocab({c: train.select(c) for c in scalar}, cfg.min_count), "vocab", None)
+    sizes = vocab_sizes(vocab)
+    encoded = wide
+    for c in scalar:
+        encoded = (
+            encode_column(encoded, c, vocab, c, f"__{c}").drop(c).withColumnRenamed(f"__{c}", c)
+        )
+    fields = [FieldSpec(c, "sparse", c, sizes[c]) for c in scalar if sizes.get(c, 0) > FIRST_ID]
+    fields += [FieldSpec(c, "dense") for c in dense]
+    samples = encoded.select(
+        F.col("impression_id").cast("long"),
+        F.col("user_key").cast("long"),
+        F.lit(None).cast(T.LongType()).alias("ts"),
+        F.lit(None).cast(T.DateType()).alias("day"),
+        F.col("split"),
+        *[F.col(f.name).cast("int" if f.kind == "sparse" else "float") for f in fields],
+        F.lit(0).cast("int").alias("hist_len"),
+        F.col("click").cast("float"),
+        F.col("conversion").cast("float"),
+        F.lit(0.0).cast("float").alias("n_future_views"),
+    )
+    write_samples(spark, samples, cfg, write)
+    splits = sorted(r["split"] for r in wide.select("split").distinct().collect())
+    return FeatureSpec(
+        source=cfg.source,
+        max_len=cfg.max_len,
+        fields=fields,
+        labels=["click", "conversion"],
+        splits={s: [] for s in splits},
+    )

@@ -1,0 +1,43 @@
+"""Entry point: spark-submit jobs/etl.py --source taobao_ad --input DIR --output LAKE.
+
+Plain `python jobs/etl.py ...` works too (local[*] Spark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for spark-submit from a clone
+
+from etl.config import add_arguments, from_args  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Sessionize raw Taobao logs into Delta tables.")
+    add_arguments(parser)
+    parser.add_argument("--master", default=None, help="Spark master outside spark-submit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    cfg = from_args(args)
+    from etl.errors import run_cli
+
+    return run_cli(lambda: _run(cfg, args.master))
+
+
+def _run(cfg, master: str | None) -> int:
+    from etl.pipeline import run_etl
+    from etl.spark import get_spark
+
+    spark = get_spark("isrec-etl", master=master)
+    summary = run_etl(spark, cfg)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The per-user pass: labels, session attachment and leakage-free histories."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from etl.impressions import (
+    EVENT_INPUT_COLUMNS,
+    IMPRESSION_INPUT_COLUMNS,
+    PassConfig,
+    label_and_history,
+    user_pass,
+)
+
+GAP = 1800
+CFG = PassConfig(
+    gap_seconds=GAP, attribution_seconds=24 * 3600, max_len=4, conversion_match="cate_brand"
+)
+FEATURES = [
+    "hist_len",
+    "hist_item",
+    "hist_cate",
+    "hist_brand",
+    "hist_btag",
+    "hist_gap",
+    "session_events",
+    "session_seconds",
+]
+BTAG_RANK = {"pv": 0, "cart": 1, "fav": 2, "buy": 3}
+
+
+def events(rows) -> pd.DataFrame:
+    """rows: (ts, btag, cate, brand, session)."""
+    df = pd.DataFrame(rows, columns=["ts", "btag", "cate_id", "brand_id", "session_id"])
+    df["user_id"] = 1
+    df["item_id"] = pd.array([None] * len(df), dtype="Int64")
+    df["btag_rank"] = df["btag"].map(BTAG_RANK)
+    df["e_item"] = 0
+    df["e_cate"] = df["cate_id"] + 100  # stand-in ids, distinguishable from raw values
+    df["e_brand"] = df["brand_id"].fillna(0).astype(int) + 200
+    df["e_btag"] = df["btag_rank"] + 2
+    return df[list(EVENT_INPUT_COLUMNS)]
+
+
+def impressions(rows) -> pd.DataFrame:
+    """rows: (impression_id, ts, cate, brand, click)."""
+    df = pd.DataFrame(rows, columns=["impression_id", "ts", "cate_id", "brand_id", "click"])
+    df["user_id"] = 1
+    df["ad_id"] = 99
+    return df[list(IMPRESSION_INPUT_COLUMNS)]
+
+
+BASE_EVENTS = [
+    (1000, "pv", 10, 5, 1),
+    (1500, "cart", 10, 5, 1),
+    (2000, "pv", 20, 5, 1),  # same second as the impression: not history, not a further view
+    (2500, "pv", 30, 6, 1),
+    (5000, "buy", 10, 5, 2),
+]
+
+
+def test_history_labels_and_session_on_crafted_case():
+    out = user_pass(events(BASE_EVENTS), impressions([(7, 2000, 10, 5, 1)]), CFG).iloc[0]
+    assert out["hist_len"] == 2
+    assert list(out["hist_cate"]) == [110, 110, 0, 0]  # chronological, right-padded
+    assert list(out["hist_btag"]) == [2, 3, 0, 0]
+    assert out["session_id"] == 1
+    assert out["session_events"] == 2 and out["session_seconds"] == 1000
+    assert out["n_future_views"] == 1  # only the pv at 2500
+    assert out["conversion"] == 1  # buy of cate 10 / brand 5 3000 s after the click
+
+
+def test_no_feature_uses_anything_at_or_after_the_impression_time():
+    imp = impressions([(7, 2000, 10, 5, 1)])
+    before = user_pass(events(BASE_EVENTS), imp, CFG)
+    # Rewrite everything at or after the impression: other categories, extra behaviors.
+    future = [(ts, "fav", 77, 8, 1) for ts, *_ in BASE_EVENTS if ts >= 2000]
+    future += [(2000, "buy", 55, 1, 1), (2100, "pv", 56, 1, 1)]
+    past = [row for row in BASE_EVENTS if row[0] < 2000]
+    after = user_pass(events(past + future), imp, CFG)
+    for col in FEATURES:
+        assert np.array_equal(np.stack([before[col].iloc[0]]), np.stack([after[col].iloc[0]])), col
+    # ... while the labels, which are about the future, do change.
+    assert (before["n_future_views"].iloc[0], before["conversion"].iloc[0]) != (
+        after["n_future_views"].iloc[0],
+        after["conversion"].iloc[0],
+    )
+
+
+def test_history_keeps_last_max_len_behaviors_and_gap_buckets():
+    rows = [(100 * i, "pv", i, 1, 1) for i in range(1, 8)]  # 7 behaviors, max_len 4
+    out = user_pass(events(rows), impressions([(1, 750, 3, 1, 0)]), CFG).iloc[0]
+    assert out["hist_len"] == 4
+    assert list(out["hist_cate"]) == [104, 105, 106, 107]
+    gaps = list(out["hist_gap"])
+    assert gaps == sorted(gaps, reverse=True) and min(gaps) >= 2  # older -> larger bucket
+
+
+def test_conversion_rules():
+    evs = events(
+        [(1000, "pv", 10, None, 1), (1000 + 25 * 3600, "buy", 10, 5, 2), (1100, "buy", 11, 5, 1)]
+    )
+    imps = impressions(
+        [
+            (1, 1000, 10, 5, 1),  # buy of cate 10 only 25 h later: outside the window
+            (2, 1000, 11, 5, 0),  # matching buy but no click: never a conversion
+            (3, 1000, 11, None, 1),  # null brand: category match is enough
+        ]
+    )
+    out = user_pass(evs, imps, CFG).set_index("impression_id")["conversion"]
+    assert out.to_dict() == {1: 0, 2: 0, 3: 1}
+
+
+def test_impression_without_behaviors_and_far_from_sessions():
+    out = user_pass(events([(0, "pv", 1, 1, 1)]), impressions([(1, 10_000, 1, 1, 0)]), CFG).iloc[0]
+    assert pd.isna(out["session_id"]) and out["n_future_views"] == 0
+    assert out["hist_len"] == 1
+    empty = user_pass(events([]), impressions([(2, 5, 1, 1, 1)]), CFG).iloc[0]
+    assert empty["hist_len"] == 0 and list(empty["hist_cate"]) == [0, 0, 0, 0]
+
+
+def test_next_session_attachment_counts_its_views():
+    evs = events([(5000, "pv", 1, 1, 9), (5100, "pv", 1, 1, 9)])
+    out = user_pass(evs, impressions([(1, 4000, 1, 1, 0)]), CFG).iloc[0]
+    assert out["session_id"] == 9 and out["n_future_views"] == 2 and out["session_events"] == 0
+
+
+@pytest.mark.parametrize("shuffle_seed", [0, 1])
+def test_spark_pass_matches_pandas(spark, shuffle_seed):
+    evs = events(BASE_EVENTS).sample(frac=1.0, random_state=shuffle_seed)
+    imps = impressions([(7, 2000, 10, 5, 1), (8, 1200, 20, 6, 0)])
+    expected = user_pass(evs, imps, CFG).set_index("impression_id")
+    got = label_and_history(spark.createDataFrame(evs), spark.createDataFrame(imps), CFG).toPandas()
+    got = got.set_index("impression_id").loc[expected.index]
+    for col in FEATURES + ["n_future_views", "conversion"]:
+        assert [list(np.atleast_1d(v)) for v in got[col]] == [
+            list(np.atleast_1d(v)) for v in expected[col]
+        ], col
