@@ -1,0 +1,73 @@
+"""Offline metrics: which rows each metric scores, GAUC by hand, single-class -> nan."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from train.metrics import auc, evaluate, gauc, logloss, summarize_seeds
+
+
+def _case() -> tuple[dict, dict, np.ndarray]:
+    """Clicked rows: pcvr ranks conversions perfectly. Unclicked rows (conversion 0 by
+    definition) get the HIGHEST pcvr, so scoring CVR on all rows would look terrible."""
+    click = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], dtype=float)
+    conv = np.array([1, 0, 1, 0, 0, 0, 0, 0, 0, 0], dtype=float)
+    pcvr = np.array([0.6, 0.2, 0.7, 0.3, 0.9, 0.95, 0.8, 0.85, 0.99, 0.9])
+    pctr = np.array([0.9, 0.6, 0.8, 0.7, 0.1, 0.2, 0.3, 0.4, 0.5, 0.55])
+    users = np.array([1, 1, 2, 2, 1, 1, 2, 2, 3, 3])
+    labels = {"click": click, "conversion": conv}
+    preds = {"pctr": pctr, "pcvr": pcvr, "pctcvr": pctr * pcvr}
+    return labels, preds, users
+
+
+def test_cvr_auc_uses_clicked_rows_only() -> None:
+    labels, preds, users = _case()
+    m = evaluate(labels, preds, users)
+    assert m["cvr_auc"] == 1.0
+    assert auc(labels["conversion"], preds["pcvr"]) < 0.3  # what all rows would have said
+    clicked = labels["click"] == 1
+    assert m["cvr_logloss"] == pytest.approx(
+        logloss(labels["conversion"][clicked], preds["pcvr"][clicked])
+    )
+    assert (m["n_rows"], m["n_clicks"], m["n_conversions"], m["n_users"]) == (10, 4, 2, 3)
+    assert m["ctr_auc"] == 1.0  # every clicked pctr above every unclicked one
+
+
+def test_ctcvr_metrics_use_all_rows_and_conversion_label() -> None:
+    labels, preds, users = _case()
+    m = evaluate(labels, preds, users)
+    assert m["ctcvr_auc"] == pytest.approx(auc(labels["conversion"], preds["pctcvr"]))
+    assert m["ctcvr_logloss"] == pytest.approx(logloss(labels["conversion"], preds["pctcvr"]))
+
+
+def test_gauc_by_hand() -> None:
+    # user 7: perfect (AUC 1), 3 rows; user 8: AUC 1/4, 4 rows; user 9: one class, skipped
+    labels = np.array([1, 0, 0, 1, 0, 1, 0, 0, 0])
+    scores = np.array([0.9, 0.5, 0.1, 0.2, 0.8, 0.6, 0.4, 0.3, 0.7])
+    users = np.array([7, 7, 7, 8, 8, 8, 8, 9, 9])
+    order = np.random.default_rng(0).permutation(labels.size)  # grouping must not need sorting
+    value, counted = gauc(labels[order], scores[order], users[order])
+    assert value == pytest.approx((3 * 1.0 + 4 * 0.25) / 7)
+    assert counted == 2
+
+
+def test_single_class_gives_nan_not_crash() -> None:
+    n = 6
+    labels = {"click": np.zeros(n), "conversion": np.zeros(n)}
+    preds = {k: np.full(n, 0.3) for k in ("pctr", "pcvr", "pctcvr")}
+    m = evaluate(labels, preds, np.arange(n) % 2)
+    for key in ("ctr_auc", "cvr_auc", "ctcvr_auc", "ctr_gauc", "ctcvr_gauc", "cvr_logloss"):
+        assert math.isnan(m[key]), key
+    assert m["ctr_logloss"] == pytest.approx(-math.log(0.7))
+    assert all(isinstance(v, float) for v in m.values())
+
+
+def test_summarize_seeds() -> None:
+    runs = [{"auc": 0.7, "gauc": float("nan")}, {"auc": 0.9, "gauc": float("nan")}, {"auc": 0.8}]
+    s = summarize_seeds(runs)
+    assert s["auc"][0] == pytest.approx(0.8) and s["auc"][1] == pytest.approx(0.1)
+    assert all(math.isnan(v) for v in s["gauc"])
+    assert summarize_seeds([{"auc": 0.5}]) == {"auc": (0.5, 0.0)}

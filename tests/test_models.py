@@ -1,0 +1,308 @@
+"""Models, layers and losses on a tiny synthetic FeatureSpec (pure torch, CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from etl.spec import FeatureSpec, FieldSpec
+from train.config import resolve_config
+from train.layers import GRUEncoder
+from train.losses import ctcvr_bce, entire_space_loss
+from train.models import MODEL_NAMES, build_model, ranking_score
+from train.policy import ranking_score as policy_ranking_score
+
+MAX_LEN = 8
+N_ROWS = 512
+TINY = {"embedding_dim": 8, "dropout": 0.0}  # small and deterministic for tests
+OUTPUT_KEYS = {"ctr_logit", "cvr_logit", "pctr", "pcvr", "pctcvr", "expected_views"}
+
+
+def make_spec(with_sequences: bool = True) -> FeatureSpec:
+    fields = [
+        FieldSpec("user", "sparse", "user", 40),
+        FieldSpec("item", "sparse", "item", 60),
+        FieldSpec("cate", "sparse", "cate", 10),
+        FieldSpec("brand", "sparse", "brand", 16),
+        FieldSpec("pid", "sparse", "pid", 4),
+        FieldSpec("price", "dense"),
+    ]
+    if with_sequences:
+        fields += [
+            FieldSpec("hist_item", "sequence", "item", 60),
+            FieldSpec("hist_cate", "sequence", "cate", 10),
+            FieldSpec("hist_btag", "sequence", "btag", 6),
+        ]
+    return FeatureSpec(source="test", max_len=MAX_LEN, fields=fields)
+
+
+def make_batch(spec: FeatureSpec, n: int = N_ROWS, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random rows whose click depends on whether the candidate's category equals the MOST
+    RECENT history category (order matters), conversion on the brand, views on the category."""
+    rng = np.random.default_rng(seed)
+    sizes = {f.name: f.vocab_size for f in spec.fields}
+    batch = {f.name: rng.integers(2, sizes[f.name], n) for f in spec.sparse}
+    batch["price"] = rng.lognormal(3.0, 1.0, n)
+    lengths = rng.integers(0, MAX_LEN + 1, n)
+    lengths[:8] = 0  # some rows have no history at all
+    valid = np.arange(MAX_LEN)[None, :] < lengths[:, None]
+    for f in spec.sequence:
+        batch[f.name] = np.where(valid, rng.integers(2, f.vocab_size, (n, MAX_LEN)), 0)
+    cate = batch["cate"]
+    if spec.sequence:
+        batch["hist_len"] = lengths
+        last = batch["hist_cate"][np.arange(n), np.maximum(lengths - 1, 0)]
+        batch["cate"] = cate = np.where(rng.random(n) < 0.4, last, cate)  # many matches
+        match = (lengths > 0) & (last == cate)
+    else:
+        match = np.zeros(n, dtype=bool)
+    click_logit = 3.0 * match + 0.3 * (cate % 3) - 1.0
+    click = rng.random(n) < 1.0 / (1.0 + np.exp(-click_logit))
+    buy = rng.random(n) < np.where(batch["brand"] % 2 == 0, 0.8, 0.1)
+    views = rng.poisson(np.where(click, 0.5 + cate % 4, 0.2))
+    batch.update(click=click, conversion=click & buy, n_future_views=views)
+    batch["impression_id"] = np.arange(n) + 10**12  # keys: never features
+    batch["user_key"] = rng.integers(0, 10**9, n)
+    out = {}
+    for k, v in batch.items():
+        is_float = k == "price" or k in spec.labels
+        out[k] = torch.as_tensor(v, dtype=torch.float32 if is_float else torch.long)
+    return out
+
+
+def subset(batch: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v[idx] for k, v in batch.items()}
+
+
+@pytest.fixture(scope="module")
+def spec() -> FeatureSpec:
+    return make_spec()
+
+
+@pytest.fixture(scope="module")
+def batch(spec: FeatureSpec) -> dict[str, torch.Tensor]:
+    return make_batch(spec)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only contend on a shared 2-core box (10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_output_contract(name: str, spec: FeatureSpec, batch: dict[str, torch.Tensor]) -> None:
+    model = build_model(name, spec, TINY).eval()
+    with torch.no_grad():
+        out = model(batch)
+    assert set(out) >= OUTPUT_KEYS
+    for key in OUTPUT_KEYS:
+        assert out[key].shape == (N_ROWS,), key
+        assert torch.isfinite(out[key]).all(), key
+    for key in ("pctr", "pcvr", "pctcvr"):
+        assert ((out[key] >= 0) & (out[key] <= 1)).all()
+    assert torch.equal(out["pctcvr"], out["pctr"] * out["pcvr"])
+    assert (out["expected_views"] >= 0).all()
+    assert model.has_exploration == (name == "rnn_mtl")
+    if not model.has_exploration:
+        assert torch.equal(out["expected_views"], torch.zeros(N_ROWS))
+    assert model.name == name
+    assert json.loads(json.dumps(model.config))["embedding_dim"] == 8
+    losses = model.loss(out, batch)
+    assert losses["loss"].dim() == 0 and torch.isfinite(losses["loss"])
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_training_reduces_loss(
+    name: str, spec: FeatureSpec, batch: dict[str, torch.Tensor]
+) -> None:
+    model = build_model(name, spec, TINY)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def full_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            value = model.loss(model(batch), batch)["loss"].item()
+        model.train()
+        return value
+
+    before = full_loss()
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(60):
+        part = subset(batch, torch.randint(0, N_ROWS, (128,), generator=gen))
+        loss = model.loss(model(part), part)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = full_loss()
+    assert after < 0.75 * before, (before, after)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_empty_history_rows(name: str, spec: FeatureSpec, batch: dict[str, torch.Tensor]) -> None:
+    empty = dict(batch)
+    empty["hist_len"] = torch.zeros(N_ROWS, dtype=torch.long)
+    for f in spec.sequence:
+        empty[f.name] = torch.zeros_like(batch[f.name])
+    model = build_model(name, spec, TINY)
+    out = model(empty)
+    assert all(torch.isfinite(out[k]).all() for k in OUTPUT_KEYS)
+    model.loss(out, empty)["loss"].backward()
+    for p in model.parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all()
+
+
+@pytest.mark.parametrize("name", ["deepfm", "xdeepfm", "mmoe"])
+def test_cvr_trained_on_clicked_rows_only(
+    name: str, spec: FeatureSpec, batch: dict[str, torch.Tensor]
+) -> None:
+    """No clicked row -> the CVR part gets exactly zero gradient (the loss is masked)."""
+    no_clicks = dict(batch, click=torch.zeros(N_ROWS), conversion=torch.zeros(N_ROWS))
+    model = build_model(name, spec, TINY)
+    model.loss(model(no_clicks), no_clicks)["loss"].backward()
+    cvr_part = model.cvr_net if name != "mmoe" else model.towers["cvr"]
+    ctr_part = model.ctr_net if name != "mmoe" else model.towers["ctr"]
+    for p in cvr_part.parameters():
+        assert p.grad is None or torch.count_nonzero(p.grad) == 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ctr_part.parameters())
+
+
+def test_entire_space_trains_cvr_on_all_rows(
+    spec: FeatureSpec, batch: dict[str, torch.Tensor]
+) -> None:
+    """ESMM: unclicked rows still reach the CVR tower through pCTCVR."""
+    no_clicks = dict(batch, click=torch.zeros(N_ROWS), conversion=torch.zeros(N_ROWS))
+    model = build_model("esmm", spec, TINY)
+    model.loss(model(no_clicks), no_clicks)["loss"].backward()
+    assert any(p.grad.abs().sum() > 0 for p in model.cvr_tower.parameters())
+
+
+def reverse_history(spec: FeatureSpec, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Reverse the valid prefix of every history (padding stays on the right)."""
+    lengths = batch["hist_len"]
+    steps = torch.arange(MAX_LEN).unsqueeze(0)
+    idx = torch.where(steps < lengths.unsqueeze(1), lengths.unsqueeze(1) - 1 - steps, steps)
+    out = dict(batch)
+    for f in spec.sequence:
+        out[f.name] = batch[f.name].gather(1, idx)
+    return out
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_only_rnn_sees_order(name: str, spec: FeatureSpec, batch: dict[str, torch.Tensor]) -> None:
+    model = build_model(name, spec, TINY).eval()
+    with torch.no_grad():
+        a = model(batch)["pctcvr"]
+        b = model(reverse_history(spec, batch))["pctcvr"]
+    if name == "rnn_mtl":
+        assert not torch.allclose(a, b, atol=1e-6)
+    else:
+        torch.testing.assert_close(a, b)
+
+
+def test_keys_are_not_features(spec: FeatureSpec, batch: dict[str, torch.Tensor]) -> None:
+    model = build_model("rnn_mtl", spec, TINY).eval()
+    other = dict(batch, impression_id=batch["impression_id"] + 7, user_key=batch["user_key"] * 3)
+    with torch.no_grad():
+        assert torch.equal(model(batch)["pctcvr"], model(other)["pctcvr"])
+
+
+def test_gru_packed_equals_masked() -> None:
+    torch.manual_seed(0)
+    packed = GRUEncoder(5, 7, packed=True)
+    masked = GRUEncoder(5, 7, packed=False)
+    masked.load_state_dict(packed.state_dict())
+    x = torch.randn(6, MAX_LEN, 5)
+    lengths = torch.tensor([0, 1, 3, 8, 5, 2])
+    for a, b in zip(packed(x, lengths), masked(x, lengths), strict=True):
+        torch.testing.assert_close(a, b)
+    assert torch.equal(packed(x, lengths)[1][0], torch.zeros(7))  # empty history -> zeros
+
+
+def test_shared_vocab_shares_one_table(spec: FeatureSpec) -> None:
+    model = build_model("esmm", spec, TINY)
+    assert set(model.embedding.tables) == {"user", "item", "cate", "brand", "pid", "btag"}
+    assert model.embedding.tables["item"].num_embeddings == 60
+
+
+@pytest.mark.parametrize("name", ["deepfm", "xdeepfm", "mmoe", "esmm"])
+def test_models_work_without_sequences(name: str) -> None:
+    flat = make_spec(with_sequences=False)
+    batch = make_batch(flat, n=32)
+    assert "hist_len" not in batch
+    out = build_model(name, flat, TINY)(batch)
+    assert out["pctcvr"].shape == (32,)
+
+
+def test_build_model_errors(spec: FeatureSpec) -> None:
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("din", spec)
+    with pytest.raises(ValueError, match="no sequence fields"):
+        build_model("rnn_mtl", make_spec(with_sequences=False))
+    with pytest.raises(ValueError, match="unknown params"):
+        build_model("esmm", spec, {"gru_hidden": 8})
+    with pytest.raises(ValueError, match="bad value"):
+        build_model("mmoe", spec, {"num_experts": "many"})
+
+
+def test_config_overrides() -> None:
+    cfg = resolve_config("rnn_mtl", {"tower_hidden": "32,16", "attention": "false", "dropout": 0})
+    assert cfg.tower_hidden == (32, 16) and cfg.attention is False and cfg.dropout == 0.0
+    assert resolve_config("rnn_mtl").to_dict()["tower_hidden"] == [64]
+    assert resolve_config("mmoe", {"expert_hidden": [32]}).expert_hidden == (32,)
+    for name in MODEL_NAMES:  # the logged config rebuilds the same architecture (pyfunc)
+        model = build_model(name, make_spec(), {"embedding_dim": 4})
+        again = build_model(name, make_spec(), json.loads(json.dumps(model.config)))
+        again.load_state_dict(model.state_dict())
+
+
+@pytest.mark.parametrize("params", [{"packed": False}, {"attention": False}, {"gru_layers": 2}])
+def test_rnn_mtl_variants(params: dict, spec: FeatureSpec, batch: dict[str, torch.Tensor]) -> None:
+    model = build_model("rnn_mtl", spec, {**TINY, **params})
+    out = model(batch)
+    model.loss(out, batch)["loss"].backward()
+    assert set(model.loss(out, batch)) == {"loss", "ctr_loss", "ctcvr_loss", "views_loss"}
+
+
+def test_ranking_score() -> None:
+    out = {"pctcvr": torch.tensor([0.1, 0.2]), "expected_views": torch.tensor([3.0, 0.0])}
+    assert torch.equal(ranking_score(out, 0.0), out["pctcvr"])
+    torch.testing.assert_close(ranking_score(out, 0.1), torch.tensor([0.4, 0.2]))
+    assert policy_ranking_score is ranking_score
+
+
+def test_ctcvr_loss_is_stable_and_exact() -> None:
+    ctr = torch.tensor([-3.0, 0.0, 2.0, 40.0, 200.0, -200.0], requires_grad=True)
+    cvr = torch.tensor([1.0, -1.0, 0.5, 40.0, 200.0, -200.0], requires_grad=True)
+    y = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0, 1.0])
+    loss = ctcvr_bce(ctr, cvr, y)
+    loss.backward()
+    assert (
+        torch.isfinite(loss) and torch.isfinite(ctr.grad).all() and torch.isfinite(cvr.grad).all()
+    )
+    p = (torch.sigmoid(ctr[:3]) * torch.sigmoid(cvr[:3])).detach()
+    naive = torch.nn.functional.binary_cross_entropy(p, y[:3])
+    torch.testing.assert_close(ctcvr_bce(ctr[:3].detach(), cvr[:3].detach(), y[:3]), naive)
+    parts = entire_space_loss(ctr.detach(), cvr.detach(), y, y)
+    assert set(parts) == {"ctr_loss", "ctcvr_loss"}
+
+
+def test_accepts_other_int_and_float_dtypes(
+    spec: FeatureSpec, batch: dict[str, torch.Tensor]
+) -> None:
+    """Readers may hand int32 ids and float64 dense values: same outputs as long/float32."""
+    cast = {k: v.int() if v.dtype == torch.long else v.double() for k, v in batch.items()}
+    model = build_model("rnn_mtl", spec, TINY).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(cast)["pctcvr"], model(batch)["pctcvr"])

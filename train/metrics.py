@@ -1,0 +1,111 @@
+"""Offline metrics (numpy in, python floats out), as DESIGN.md section 1 defines them.
+
+- ctr_auc, ctr_logloss: label click, score pctr, ALL rows.
+- cvr_auc, cvr_logloss: label conversion, score pcvr, CLICKED rows only (never all rows).
+- ctcvr_auc, ctcvr_logloss: label conversion (= click AND purchase), score pctcvr, ALL rows.
+- ctr_gauc, ctcvr_gauc: per-user AUC weighted by the user's impressions; users whose rows hold
+  a single class are skipped; nan when no user has both classes.
+An AUC over a single class is nan, never an exception.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from sklearn.metrics import log_loss, roc_auc_score
+
+PROB_EPS = 1e-7  # clip probabilities before log loss
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC; nan when the rows hold fewer than two classes."""
+    labels = np.asarray(labels).ravel()
+    if labels.size == 0 or np.unique(labels).size < 2:
+        return float("nan")
+    return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64).ravel()))
+
+
+def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean binary log loss (probabilities clipped to [eps, 1 - eps]); nan on no rows."""
+    labels = np.asarray(labels).ravel()
+    if labels.size == 0:
+        return float("nan")
+    p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), PROB_EPS, 1.0 - PROB_EPS)
+    return float(log_loss(labels, p, labels=[0, 1]))
+
+
+def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> tuple[float, int]:
+    """Impression-weighted mean of per-group AUC over groups with both classes.
+
+    Returns (gauc, number of groups counted); gauc is nan when no group counts."""
+    labels, scores = np.asarray(labels).ravel(), np.asarray(scores, dtype=np.float64).ravel()
+    groups = np.asarray(groups).ravel()
+    if not labels.size == scores.size == groups.size:
+        raise ValueError(
+            f"length mismatch: {labels.size} labels, {scores.size} scores, {groups.size} groups"
+        )
+    if groups.size == 0:
+        return float("nan"), 0
+    order = np.argsort(groups, kind="stable")
+    labels, scores, groups = labels[order], scores[order], groups[order]
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    ends = np.r_[starts[1:], groups.size]
+    # positives per group decide cheaply which groups hold both classes
+    positives = np.add.reduceat((labels > 0.5).astype(np.int64), starts)
+    total, weight, counted = 0.0, 0, 0
+    for start, end, pos in zip(starts, ends, positives, strict=True):
+        n = end - start
+        if pos == 0 or pos == n:
+            continue
+        total += n * roc_auc_score(labels[start:end], scores[start:end])
+        weight += n
+        counted += 1
+    return (total / weight if weight else float("nan")), counted
+
+
+def evaluate(
+    labels: Mapping[str, np.ndarray],
+    preds: Mapping[str, np.ndarray],
+    user_keys: np.ndarray,
+) -> dict[str, float]:
+    """All offline metrics. ``labels``: click, conversion; ``preds``: pctr, pcvr, pctcvr."""
+    click = np.asarray(labels["click"], dtype=np.float64).ravel()
+    conv = np.asarray(labels["conversion"], dtype=np.float64).ravel()
+    pctr, pcvr, pctcvr = (np.asarray(preds[k]).ravel() for k in ("pctr", "pcvr", "pctcvr"))
+    clicked = click > 0.5
+    ctr_gauc, ctr_users = gauc(click, pctr, user_keys)
+    ctcvr_gauc, ctcvr_users = gauc(conv, pctcvr, user_keys)
+    return {
+        "ctr_auc": auc(click, pctr),
+        "cvr_auc": auc(conv[clicked], pcvr[clicked]),
+        "ctcvr_auc": auc(conv, pctcvr),
+        "ctr_gauc": ctr_gauc,
+        "ctcvr_gauc": ctcvr_gauc,
+        "ctr_logloss": logloss(click, pctr),
+        "cvr_logloss": logloss(conv[clicked], pcvr[clicked]),
+        "ctcvr_logloss": logloss(conv, pctcvr),
+        "n_rows": float(click.size),
+        "n_clicks": float(clicked.sum()),
+        "n_conversions": float((conv > 0.5).sum()),
+        "n_users": float(np.unique(np.asarray(user_keys)).size),
+        "ctr_gauc_users": float(ctr_users),
+        "ctcvr_gauc_users": float(ctcvr_users),
+    }
+
+
+def summarize_seeds(results: Sequence[Mapping[str, float]]) -> dict[str, tuple[float, float]]:
+    """Per metric (mean, sample std with ddof=1; std 0.0 for one seed) over the runs; nan
+    values are left out, a metric that is nan in every run gives (nan, nan)."""
+    names = list(dict.fromkeys(k for r in results for k in r))
+    summary: dict[str, tuple[float, float]] = {}
+    for name in names:
+        vals = np.array([float(r[name]) for r in results if name in r], dtype=np.float64)
+        vals = vals[~np.isnan(vals)]
+        if vals.size == 0:
+            summary[name] = (math.nan, math.nan)
+        else:
+            std = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+            summary[name] = (float(vals.mean()), std)
+    return summary
