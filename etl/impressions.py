@@ -89,8 +89,8 @@ def label_and_history(events: DataFrame, impressions: DataFrame, cfg: PassConfig
 
 def user_pass(ev: pd.DataFrame, imp: pd.DataFrame, cfg: PassConfig) -> pd.DataFrame:
     """The pass for one user (pure pandas/numpy; unit-testable without Spark)."""
-    if imp.empty:
-        return pd.DataFrame({f.name: [] for f in PASS_OUTPUT.fields})
+    if imp.empty:  # a user with behaviors only; typed empty columns keep Arrow happy
+        return pd.DataFrame({f.name: pd.Series([], dtype=object) for f in PASS_OUTPUT.fields})
     ev = ev.sort_values(
         ["ts", "btag_rank", "item_id", "cate_id", "brand_id"], na_position="first", kind="stable"
     ).reset_index(drop=True)

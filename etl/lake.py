@@ -35,8 +35,15 @@ def write_table(
     return table_version(df.sparkSession, path)
 
 
+def last_commit(spark: SparkSession, path: str) -> tuple[int, int]:
+    """(version, rows written) of the table's latest commit, from the Delta log (no scan)."""
+    row = DeltaTable.forPath(spark, path).history(1).collect()[0]
+    metrics = row["operationMetrics"] or {}
+    return int(row["version"]), int(metrics.get("numOutputRows", 0))
+
+
 def table_version(spark: SparkSession, path: str) -> int:
-    return int(DeltaTable.forPath(spark, path).history(1).collect()[0]["version"])
+    return last_commit(spark, path)[0]
 
 
 def read_table(spark: SparkSession, lake: str | Path, name: str, version: int | None = None):

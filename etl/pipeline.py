@@ -19,8 +19,9 @@ from pyspark.sql import functions as F
 
 from etl.config import EtlConfig
 from etl.impressions import PassConfig, label_and_history
-from etl.lake import read_table, table_path, write_table
+from etl.lake import last_commit, read_table, table_path, write_table
 from etl.samples import (
+    SEQUENCE_SOURCE,
     Splits,
     assign_splits,
     build_vocabularies,
@@ -108,10 +109,10 @@ def source_config(cfg: EtlConfig) -> SourceConfig:
 def _writer(spark: SparkSession, cfg: EtlConfig, summary: EtlSummary):
     def write(df: DataFrame, name: str, partition_by: list[str] | None) -> DataFrame:
         log.info("writing %s", name)
-        summary.versions[name] = write_table(df, cfg.output, name, partition_by)
-        written = read_table(spark, cfg.output, name)
-        summary.rows[name] = written.count()
-        return written
+        write_table(df, cfg.output, name, partition_by)
+        version, rows = last_commit(spark, table_path(cfg.output, name))
+        summary.versions[name], summary.rows[name] = version, rows
+        return read_table(spark, cfg.output, name)
 
     return write
 
@@ -121,8 +122,8 @@ def _build_session_tables(
 ) -> FeatureSpec:
     tz = cfg.tz_offset_hours
     events = write(sessionize(data.behaviors, cfg.gap_seconds, tz), "events", ["day"])
-    sessions = write(summarize_sessions(events, tz), "sessions", ["day"])
-    summary.stats["sessions"] = float(sessions.count())
+    write(summarize_sessions(events, tz), "sessions", ["day"])
+    summary.stats["sessions"] = float(summary.rows["sessions"])
     impressions = _keyed_impressions(data.impressions, tz)
     splits = _splits(impressions, cfg)
     enriched = (
@@ -144,10 +145,8 @@ def _build_session_tables(
     ).persist(StorageLevel.MEMORY_AND_DISK)
     labeled = enriched.join(passed, "impression_id")
     write(labeled.select(*[f.name for f in IMPRESSIONS.fields]), "impressions", ["day"])
-    events_have = {
-        c: events.where(F.col(c).isNotNull()).limit(1).count() > 0
-        for c in ("item_id", "cate_id", "brand_id")
-    }
+    known = events.agg(*[F.count(c).alias(c) for c in SEQUENCE_SOURCE.values()]).collect()[0]
+    events_have = {c: known[c] > 0 for c in SEQUENCE_SOURCE.values()}
     fields = feature_fields(vocab_sizes(vocab), events_have)
     samples = encode_impression_features(labeled, vocab, tz).select(*sample_columns(fields))
     write_samples(spark, samples, cfg, write)

@@ -138,3 +138,10 @@ def test_spark_pass_matches_pandas(spark, shuffle_seed):
         assert [list(np.atleast_1d(v)) for v in got[col]] == [
             list(np.atleast_1d(v)) for v in expected[col]
         ], col
+
+
+def test_user_with_behaviors_only_yields_no_rows_in_spark(spark):
+    evs = pd.concat([events(BASE_EVENTS), events(BASE_EVENTS).assign(user_id=2)])
+    imps = impressions([(7, 2000, 10, 5, 1)])
+    got = label_and_history(spark.createDataFrame(evs), spark.createDataFrame(imps), CFG).collect()
+    assert [r["impression_id"] for r in got] == [7]
