@@ -46,7 +46,11 @@ def test_out_of_order_input_and_same_timestamp_are_deterministic(spark):
 
 
 def test_sessions_table_counts(spark):
-    rows = [(1, 0, None, 1, None, "pv"), (1, 60, None, 1, None, "buy"), (2, 0, None, 1, None, "fav")]
+    rows = [
+        (1, 0, None, 1, None, "pv"),
+        (1, 60, None, 1, None, "buy"),
+        (2, 0, None, 1, None, "fav"),
+    ]
     events, _ = _sessions(spark, rows)
     sessions = {r["user_id"]: r for r in summarize_sessions(events, 8).collect()}
     assert sessions[1]["n_events"] == 2 and sessions[1]["n_pv"] == 1 and sessions[1]["n_buy"] == 1
