@@ -30,10 +30,10 @@ from etl.samples import (
     feature_fields,
     sample_columns,
 )
-from etl.schemas import ADS, IMPRESSIONS, USERS
+from etl.schemas import ADS, BEHAVIORS, IMPRESSIONS, USERS
 from etl.sessionize import local_day, sessionize, summarize_sessions
 from etl.sources import check_reconciliation, load_source
-from etl.sources.base import FileReport, SourceConfig, SourceData
+from etl.sources.base import FileReport, InputError, SourceConfig, SourceData
 from etl.spec import FeatureSpec
 from etl.vocab import vocab_sizes
 from etl.wide import build_wide_samples
@@ -89,6 +89,7 @@ def run_etl(spark: SparkSession, cfg: EtlConfig) -> EtlSummary:
         spec = build_wide_samples(spark, data.wide_samples, cfg, write)
     else:
         spec = _build_session_tables(spark, data, cfg, write, summary)
+    data.unpersist()
     spec.tables = dict(summary.versions)
     spec.save(cfg.output)
     summary.stats.update(_label_stats(read_table(spark, cfg.output, "samples")))
@@ -121,7 +122,12 @@ def _build_session_tables(
     spark: SparkSession, data: SourceData, cfg: EtlConfig, write, summary: EtlSummary
 ) -> FeatureSpec:
     tz = cfg.tz_offset_hours
-    events = write(sessionize(data.behaviors, cfg.gap_seconds, tz), "events", ["day"])
+    if data.impressions is None:
+        raise InputError(f"{cfg.source}: the input holds no impressions to build samples from")
+    behaviors = data.behaviors
+    if behaviors is None:  # e.g. the joined FuxiCTR slice: impressions without a behavior log
+        behaviors = spark.createDataFrame([], BEHAVIORS)
+    events = write(sessionize(behaviors, cfg.gap_seconds, tz), "events", ["day"])
     write(summarize_sessions(events, tz), "sessions", ["day"])
     summary.stats["sessions"] = float(summary.rows["sessions"])
     impressions = _keyed_impressions(data.impressions, tz)
