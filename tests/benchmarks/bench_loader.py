@@ -1,0 +1,144 @@
+"""Loader throughput: samples/s delivered as torch batches (the train/data.py batch contract).
+
+Compares the Petastorm backend, the pyarrow backend and in-memory tensors (the upper limit: a
+shuffled index into tensors already in RAM) on a generated samples-like parquet table, one shard,
+shuffling on, at batch sizes 512 and 4096. Prints a table and writes JSON.
+
+    python tests/benchmarks/bench_loader.py --rows 500000 --out data/bench/bench_loader.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from etl.spec import FeatureSpec, FieldSpec
+from train.data import batch_columns, make_loader, plan_shards
+
+SPARSE = ["user", "ad", "cate", "brand", "campaign", "customer", "slot", "gender", "age", "hour"]
+SEQUENCE = ["hist_item", "hist_cate", "hist_btag"]
+
+
+def make_spec(max_len: int) -> FeatureSpec:
+    fields = [FieldSpec(name, "sparse", name, 10_000) for name in SPARSE]
+    fields += [FieldSpec("price", "dense")]
+    fields += [FieldSpec(name, "sequence", name.removeprefix("hist_"), 10_000) for name in SEQUENCE]
+    return FeatureSpec(source="bench", max_len=max_len, fields=fields)
+
+
+def write_table(
+    folder: Path, spec: FeatureSpec, rows: int, files: int, row_group: int
+) -> list[str]:
+    """``files`` parquet files with the samples layout (int32 ids, list<int32> histories)."""
+    rng = np.random.default_rng(0)
+    uris = []
+    per_file = -(-rows // files)
+    for i in range(files):
+        n = min(per_file, rows - i * per_file)
+        start = i * per_file
+        cols = {
+            "impression_id": pa.array(np.arange(start, start + n, dtype=np.int64)),
+            "user_key": pa.array(rng.integers(0, 100_000, n, dtype=np.int64)),
+            "hist_len": pa.array(rng.integers(0, spec.max_len + 1, n, dtype=np.int32)),
+        }
+        for f in spec.sparse:
+            cols[f.name] = pa.array(rng.integers(2, f.vocab_size, n, dtype=np.int32))
+        for f in spec.dense:
+            cols[f.name] = pa.array(rng.gamma(2.0, 50.0, n).astype(np.float32))
+        for f in spec.sequence:
+            flat = rng.integers(0, f.vocab_size, n * spec.max_len, dtype=np.int32)
+            offsets = np.arange(0, n * spec.max_len + 1, spec.max_len, dtype=np.int32)
+            cols[f.name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+        for name in spec.labels:
+            cols[name] = pa.array((rng.random(n) < 0.1).astype(np.float32))
+        path = folder / f"part-{i:05d}.parquet"
+        pq.write_table(pa.table(cols), path, row_group_size=row_group)
+        uris.append("file://" + str(path))
+    return uris
+
+
+def time_loader(spec: FeatureSpec, files: list[str], backend: str, batch_size: int) -> dict:
+    plan = plan_shards(files, 1)
+    loader = make_loader(spec, plan, backend, batch_size, seed=1, epoch=0, shuffle=True)
+    started = time.perf_counter()
+    rows = sum(len(batch["click"]) for batch in loader)
+    seconds = time.perf_counter() - started
+    return {"rows": rows, "seconds": seconds, "samples_per_s": rows / seconds}
+
+
+def load_in_memory(spec: FeatureSpec, files: list[str]) -> dict[str, torch.Tensor]:
+    plan = plan_shards(files, 1)
+    batches = list(make_loader(spec, plan, "pyarrow", 65_536, shuffle=False))
+    return {k: torch.cat([b[k] for b in batches]) for k in batch_columns(spec)}
+
+
+def time_in_memory(tensors: dict[str, torch.Tensor], batch_size: int) -> dict:
+    rows = len(tensors["click"])
+    started = time.perf_counter()
+    order = torch.randperm(rows, generator=torch.Generator().manual_seed(1))
+    delivered = 0
+    for i in range(0, rows, batch_size):
+        index = order[i : i + batch_size]
+        batch = {k: v[index] for k, v in tensors.items()}
+        delivered += len(batch["click"])
+    seconds = time.perf_counter() - started
+    return {"rows": delivered, "seconds": seconds, "samples_per_s": delivered / seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=500_000)
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--row-group", type=int, default=65_536, help="rows per row group")
+    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--batch-sizes", default="512,4096")
+    parser.add_argument("--out", default="data/bench/bench_loader.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    spec = make_spec(args.max_len)
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        files = write_table(Path(folder), spec, args.rows, args.files, args.row_group)
+        tensors = load_in_memory(spec, files)
+        for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+            memory = time_in_memory(tensors, batch_size)
+            results.append({"loader": "in-memory", "batch_size": batch_size, **memory})
+            for backend in ("petastorm", "pyarrow"):
+                timing = time_loader(spec, files, backend, batch_size)
+                results.append({"loader": backend, "batch_size": batch_size, **timing})
+    upper = {r["batch_size"]: r["samples_per_s"] for r in results if r["loader"] == "in-memory"}
+    for r in results:
+        r["ratio_to_in_memory"] = r["samples_per_s"] / upper[r["batch_size"]]
+    print(f"{'loader':<10} {'batch':>6} {'rows':>9} {'seconds':>8} {'samples/s':>11} {'ratio':>6}")
+    for r in results:
+        print(
+            f"{r['loader']:<10} {r['batch_size']:>6} {r['rows']:>9} {r['seconds']:>8.2f} "
+            f"{r['samples_per_s']:>11,.0f} {r['ratio_to_in_memory']:>6.3f}"
+        )
+    report = {
+        "rows": args.rows,
+        "files": args.files,
+        "row_group": args.row_group,
+        "max_len": args.max_len,
+        "columns": len(batch_columns(spec)),
+        "machine": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""Training throughput per model: samples/s of Ray Train (DDP, gloo) on 2 CPU workers.
+
+Writes a samples-like Delta lake once (local Spark; or pass --lake for an ETL lake), then for
+each model runs train.loop.run_training for a few epochs of at most --steps steps per worker and
+reports the last epoch's training samples/s (all workers together; the first epoch includes
+worker start-up and is left out). Prints a table and writes JSON.
+
+    python tests/benchmarks/bench_train.py --rows 200000 --out data/bench/bench_train.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from etl.spec import FeatureSpec
+from train.loop import connect_ray, run_training
+from train.models import MODEL_NAMES
+from train.train_config import TrainConfig
+
+SPLIT_DAYS = {"train": "2017-05-06", "valid": "2017-05-07", "test": "2017-05-08"}
+
+
+def write_lake(lake: Path, rows: int, max_len: int, files: int) -> FeatureSpec:
+    """A Delta samples table (split by row share 80/10/10) with the bench_loader columns."""
+    from bench_loader import make_spec  # sibling script (its folder is on sys.path)
+    from bench_loader import write_table as write_parquet
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    from etl.lake import table_path, write_table
+    from etl.spark import get_spark
+
+    spec = make_spec(max_len)
+    spark = get_spark("bench-train", master="local[2]")
+    with tempfile.TemporaryDirectory() as folder:
+        write_parquet(Path(folder), spec, rows, files, 65_536)
+        frac = F.col("impression_id") / F.lit(rows)
+        split = F.when(frac < 0.8, "train").when(frac < 0.9, "valid").otherwise("test")
+        df = spark.read.parquet(folder).withColumn("split", split)
+        day = F.create_map(*[F.lit(x) for kv in SPLIT_DAYS.items() for x in kv])[F.col("split")]
+        df = df.withColumn("day", day.cast("date")).repartition(files)
+        version = write_table(df, lake, "samples", partition_by=["split", "day"])
+    DeltaTable.forPath(spark, table_path(lake, "samples")).generate("symlink_format_manifest")
+    spark.stop()
+    spec.splits = {s: [d] for s, d in SPLIT_DAYS.items()}
+    spec.tables = {"samples": version}
+    spec.save(lake)
+    return spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lake", default="", help="existing lake (default: generate one)")
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--models", default=",".join(MODEL_NAMES))
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=30, help="max steps per epoch and worker")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--loader", default="petastorm")
+    parser.add_argument("--out", default="data/bench/bench_train.json")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as folder:
+        lake = Path(args.lake) if args.lake else Path(folder) / "lake"
+        if not args.lake:
+            write_lake(lake, args.rows, args.max_len, files=8)
+        base = TrainConfig(
+            lake=str(lake),
+            num_workers=args.num_workers,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            max_steps_per_epoch=args.steps,
+            patience=0,
+            loader=args.loader,
+            storage_path=str(Path(folder) / "ray_results"),
+            ray_num_cpus=args.num_workers,
+            log_every=0,
+        )
+        connect_ray(base)
+        results = [bench_model(base, name) for name in args.models.split(",")]
+
+    print(f"{'model':<9} {'samples/s':>10} {'first epoch':>12} {'run s':>7} {'test ctcvr_auc':>15}")
+    for r in results:
+        print(
+            f"{r['model']:<9} {r['samples_per_s']:>10,.0f} {r['first_epoch_samples_per_s']:>12,.0f}"
+            f" {r['run_seconds']:>7.1f} {r['test_ctcvr_auc']:>15.4f}"
+        )
+    report = {"args": vars(args), "machine": platform.platform(), "results": results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def bench_model(base: TrainConfig, name: str) -> dict:
+    started = time.perf_counter()
+    result = run_training(TrainConfig(**{**base.to_dict(), "model": name, "name": f"bench-{name}"}))
+    seconds = time.perf_counter() - started
+    history = result.history
+    return {
+        "model": name,
+        "samples_per_s": history[-1]["train_samples_per_second"],
+        "first_epoch_samples_per_s": history[0]["train_samples_per_second"],
+        "rows_per_epoch": history[-1]["train_rows"],
+        "run_seconds": seconds,
+        "test_ctcvr_auc": result.test_metrics.get("ctcvr_auc", float("nan")),
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""The MLflow UI in a real headless Chromium: the registered model page shows the champion
+alias, the run page shows the run's metrics. Screenshots go to test-artifacts/.
+
+Needs the Debian package ``chromium`` (/usr/bin/chromium) and the PyPI package ``playwright``
+(its bundled browsers are not used: they cannot be downloaded here)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers_mlflow import (  # noqa: F401
+    PROJECT_ROOT,
+    champion,
+    client_for,
+    free_port,
+    mlflow_env,
+    start,
+    stop,
+    wait_http,
+)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOTS = PROJECT_ROOT / "test-artifacts"
+TIMEOUT_MS = 90_000
+
+
+@pytest.fixture(scope="module")
+def ui(champion, tmp_path_factory) -> Iterator[str]:  # noqa: F811
+    port = free_port()
+    artifacts = Path(champion.tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
+    log_path = tmp_path_factory.mktemp("ui") / "server.log"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--backend-store-uri", champion.tracking_uri, "--artifacts-destination", str(artifacts)]
+    cmd += ["--workers", "1"]
+    proc = start(cmd, log_path, env=mlflow_env(champion.tracking_uri))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health", proc, log_path)
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def page() -> Iterator:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium not found: apt-get update && apt-get install -y chromium")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, chromium_sandbox=False
+        )
+        try:
+            tab = browser.new_page(viewport={"width": 1400, "height": 1200})
+            tab.set_default_timeout(TIMEOUT_MS)
+            yield tab
+        finally:
+            browser.close()
+
+
+def shot(tab, name: str) -> Path:
+    SHOTS.mkdir(exist_ok=True)
+    path = SHOTS / name
+    tab.screenshot(path=str(path))
+    return path
+
+
+def test_registered_model_page_shows_champion(ui, page, champion):  # noqa: F811
+    page.goto(f"{ui}/#/models/{champion.registered_model}")
+    page.get_by_text(champion.registered_model).first.wait_for()
+    page.get_by_text(re.compile(r"^@\s*champion$")).first.wait_for()  # the alias tag
+    aliases = set(re.findall(r"@\s*(champion|challenger)", page.inner_text("body")))
+    assert aliases == {"champion", "challenger"}
+    page.get_by_text("Version 1").first.scroll_into_view_if_needed()
+    assert shot(page, "mlflow_registered_model.png").stat().st_size > 0
+    page.goto(f"{ui}/#/models/{champion.registered_model}/versions/{champion.version}")
+    page.get_by_text(re.compile(r"^@\s*champion$")).first.wait_for()
+    shot(page, "mlflow_model_version.png")
+
+
+def test_run_page_shows_metrics(ui, page, champion):  # noqa: F811
+    run = client_for(champion.tracking_uri).get_run(champion.run_id)
+    page.goto(f"{ui}/#/experiments/{run.info.experiment_id}/runs/{champion.run_id}")
+    page.get_by_text("test_ctcvr_auc", exact=True).first.wait_for()
+    body = page.inner_text("body")
+    for name in ("test_ctr_auc", "test_cvr_auc", "test_ctcvr_auc", "train_loss", "valid_ctr_auc"):
+        value = run.data.metrics[name]
+        shown = re.search(rf"\b{name}\s+([0-9.e-]+)", body)
+        assert shown, f"{name} not on the run page"
+        assert float(shown.group(1)) == pytest.approx(value, abs=1e-4), (name, shown.group(1))
+    assert "samples@v0" in body  # the logged Delta input
+    page.get_by_text("test_ctcvr_auc", exact=True).first.scroll_into_view_if_needed()
+    shot(page, "mlflow_run.png")

@@ -1,0 +1,112 @@
+"""Registry: isrec-<model> per family, challenger alias on registration, champion gate."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from types import ModuleType
+
+import pytest
+from helpers_mlflow import PROJECT_ROOT, client_for, fake_version, mlflow_env, sqlite_uri
+
+from train import registry
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return sqlite_uri(tmp_path_factory.mktemp("registry"))
+
+
+def aliases(uri: str, name: str) -> dict[str, str]:
+    return {k: str(v) for k, v in client_for(uri).get_registered_model(name).aliases.items()}
+
+
+def test_names_and_metric_direction():
+    assert registry.registered_model_name("rnn_mtl") == "isrec-rnn_mtl"
+    assert registry.registered_model_name("isrec-esmm") == "isrec-esmm"
+    assert registry.champion_uri("esmm") == "models:/isrec-esmm@champion"
+    assert registry.higher_is_better("ctcvr_auc") and registry.higher_is_better("ctr_gauc")
+    assert not registry.higher_is_better("ctcvr_logloss")
+
+
+def test_promotion_gate(store):
+    client = client_for(store)
+    name = "isrec-gate"
+    v1 = fake_version(store, "gate", {"ctcvr_auc": 0.70})
+    assert aliases(store, name) == {"challenger": v1}
+    assert client.get_model_version(name, v1).tags["isrec.metric.test_ctcvr_auc"] == "0.7"
+
+    first = registry.promote("gate", tracking_uri=store)  # no champion yet -> promote
+    assert first.promoted and "no champion yet" in first.reason
+    assert aliases(store, name)["champion"] == v1
+
+    v2 = fake_version(store, "gate", {"ctcvr_auc": 0.65})  # worse -> refused
+    worse = registry.promote("isrec-gate", tracking_uri=store)
+    assert not worse.promoted and "does not beat" in worse.reason
+    assert (worse.challenger_value, worse.champion_value) == (0.65, 0.70)
+    assert aliases(store, name) == {"champion": v1, "challenger": v2}
+    mv2 = client.get_model_version(name, v2)
+    assert mv2.tags["isrec.promotion.decision"] == "refused"
+    assert mv2.tags["isrec.promotion.champion_version"] == v1
+    assert "REFUSED" in mv2.description and "0.650000 vs 0.700000" in mv2.description
+
+    v3 = fake_version(store, "gate", {"ctcvr_auc": 0.90}, samples_version=1)  # other data
+    other = registry.promote("gate", tracking_uri=store)
+    assert not other.promoted and "different data version" in other.reason
+    assert aliases(store, name)["champion"] == v1
+    assert client.get_model_version(name, v3).tags["isrec.promotion.decision"] == "refused"
+
+    v4 = fake_version(store, "gate", {"ctcvr_auc": 0.72})  # better on the same data
+    better = registry.promote("gate", tracking_uri=store)
+    assert better.promoted and better.champion_version == v1
+    assert aliases(store, name) == {"champion": v4, "challenger": v4}
+    assert client.get_model_version(name, v1).tags["isrec.promotion.replaced_by"] == v4
+    assert client.get_model_version(name, v4).tags["isrec.promotion.decision"] == "promoted"
+
+    again = registry.promote("gate", tracking_uri=store)  # idempotent rerun
+    assert not again.promoted and "already is the champion" in again.reason
+
+
+def test_lower_is_better_metric_and_min_delta(store):
+    fake_version(store, "loss", {"ctcvr_logloss": 0.50, "ctcvr_auc": 0.7})
+    assert registry.promote("loss", "ctcvr_logloss", tracking_uri=store).promoted
+    fake_version(store, "loss", {"ctcvr_logloss": 0.45, "ctcvr_auc": 0.7})
+    small = registry.promote("loss", "ctcvr_logloss", min_delta=0.1, tracking_uri=store)
+    assert not small.promoted and "min_delta 0.1" in small.reason
+    assert registry.promote("loss", "ctcvr_logloss", tracking_uri=store).promoted
+
+
+def run_cli(*args: str, uri: str) -> subprocess.CompletedProcess:
+    env = mlflow_env(uri)
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "jobs" / "promote.py"), *args, "--tracking-uri", uri],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def load_job(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        f"job_{name}", PROJECT_ROOT / "jobs" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_promote_cli(store, capsys):
+    fake_version(store, "cli", {"ctcvr_auc": 0.6})
+    done = run_cli("--model-name", "isrec-cli", "--json", uri=store)  # as a script
+    assert done.returncode == 0, done.stderr[-2000:]
+    decision = json.loads(done.stdout)
+    assert decision["promoted"] and decision["metric"] == "ctcvr_auc"
+    job = load_job("promote")
+    fake_version(store, "cli", {"ctcvr_auc": 0.5})
+    assert job.main(["--model-name", "cli", "--fail-if-refused", "--tracking-uri", store]) == 1
+    assert capsys.readouterr().out.startswith("REFUSED isrec-cli v2")
+    assert job.main(["--model-name", "isrec-nope", "--tracking-uri", store]) == 2
+    assert "isrec-nope" in capsys.readouterr().err

@@ -1,0 +1,295 @@
+"""Model registry: one registered model per model family, versions gated by aliases.
+
+Naming: every trained version of a model family goes to ONE registered model named
+``isrec-<model>`` (``isrec-rnn_mtl``, ``isrec-esmm``, ...). Versions of one family are
+interchangeable at serving time (same inputs, same outputs), so the registered model is the unit
+that serving and batch scoring point at (``models:/isrec-rnn_mtl@champion``); different families
+stay apart because their champions are compared only against their own kind. The data a version
+was trained on is in its tags (``isrec.data.samples.path`` / ``.version``), not in the name.
+
+Aliases, never stages: a newly registered version gets alias ``challenger``; ``promote`` moves
+alias ``champion`` to the challenger only when it beats the current champion on a test metric
+(default ``ctcvr_auc``) measured on the SAME data (same samples table path and Delta version).
+With no champion yet, the challenger is promoted. Each decision and its numbers are written into
+the challenger version's tags (``isrec.promotion.*``) and description.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+PREFIX = "isrec-"
+CHAMPION, CHALLENGER = "champion", "challenger"
+DEFAULT_METRIC = "ctcvr_auc"
+TAG = "isrec."
+DATA_TAGS = (f"{TAG}data.samples.path", f"{TAG}data.samples.version")
+LOWER_IS_BETTER = ("loss", "logloss", "mse", "mae", "rmse", "error", "ece")
+VERSION_METRIC_SUFFIXES = ("auc", "logloss")  # test metrics copied into version tags
+
+
+def registered_model_name(model: str) -> str:
+    """``isrec-<model>``; a name that already has the prefix is returned unchanged."""
+    return model if model.startswith(PREFIX) else f"{PREFIX}{model}"
+
+
+def higher_is_better(metric: str) -> bool:
+    return not any(word in metric.lower() for word in LOWER_IS_BETTER)
+
+
+def _client(tracking_uri: str | None) -> MlflowClient:
+    from train.tracking import configure
+
+    uri = configure(tracking_uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        family = name.removeprefix(PREFIX)
+        description = (
+            f"isrec {family} models. Alias '{CHAMPION}' = the version serving and batch scoring "
+            f"use; '{CHALLENGER}' = the newest candidate. Promotion: jobs/promote.py."
+        )
+        try:
+            client.create_registered_model(
+                name, tags={f"{TAG}model": family}, description=description
+            )
+        except MlflowException:  # created concurrently
+            client.get_registered_model(name)
+
+
+def _run_record(client: MlflowClient, run_id: str | None) -> dict[str, str]:
+    """Data-lineage tags and test metrics of the run, to copy onto the version."""
+    if not run_id:
+        return {}
+    run = client.get_run(run_id)
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith(f"{TAG}data.")}
+    for key in (f"{TAG}comparison_id", f"{TAG}seed", f"{TAG}model"):
+        if key in run.data.tags:
+            tags[key] = run.data.tags[key]
+    metrics = {
+        f"{TAG}metric.{k}": repr(v)
+        for k, v in run.data.metrics.items()
+        if k.startswith("test_") and k.endswith(VERSION_METRIC_SUFFIXES)
+    }
+    return tags | metrics
+
+
+def register_version(
+    model_uri: str,
+    model: str,
+    *,
+    run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    alias: str | None = CHALLENGER,
+    tracking_uri: str | None = None,
+) -> ModelVersion:
+    """Register ``model_uri`` as a new version of ``isrec-<model>`` and point ``alias`` at it.
+
+    The version's tags carry the run's data lineage (samples path + Delta version) and test
+    metrics, so promotion can compare versions without reading other stores."""
+    client = _client(tracking_uri)
+    name = registered_model_name(model)
+    _ensure_registered_model(client, name)
+    version_tags = _run_record(client, run_id) | dict(tags or {})
+    mv = mlflow.register_model(model_uri, name, tags=version_tags)
+    data = version_tags.get(DATA_TAGS[1], "?")
+    client.update_model_version(
+        name, mv.version, description=f"Trained by run {run_id} on samples version {data}."
+    )
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
+    return client.get_model_version(name, mv.version)
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def version_metric(client: MlflowClient, mv: ModelVersion, metric: str) -> float | None:
+    """The version's ``test_<metric>``: from its run when readable, else from its tags."""
+    key = metric if metric.startswith("test_") else f"test_{metric}"
+    if mv.run_id:
+        try:
+            value = client.get_run(mv.run_id).data.metrics.get(key)
+        except MlflowException:
+            value = None
+        if value is not None:
+            return float(value)
+    tag = (mv.tags or {}).get(f"{TAG}metric.{key}")
+    return float(tag) if tag is not None else None
+
+
+def data_version(mv: ModelVersion) -> tuple[str, str] | None:
+    """(samples table path, Delta version) the version was trained on; None when unknown."""
+    tags = mv.tags or {}
+    if not all(tags.get(t) for t in DATA_TAGS):
+        return None
+    return tags[DATA_TAGS[0]], tags[DATA_TAGS[1]]
+
+
+@dataclass
+class Decision:
+    registered_model: str
+    metric: str
+    promoted: bool
+    reason: str
+    challenger_version: str | None = None
+    champion_version: str | None = None  # the champion before the decision
+    challenger_value: float | None = None
+    champion_value: float | None = None
+    challenger_data: str | None = None
+    champion_data: str | None = None
+    decided_at: str = ""
+
+    def summary(self) -> str:
+        verdict = "PROMOTED" if self.promoted else "REFUSED"
+        return (
+            f"{verdict} {self.registered_model} v{self.challenger_version} "
+            f"(champion before: {_v(self.champion_version)}): {self.reason}"
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "none"
+
+
+def _fmt(data: tuple[str, str] | None) -> str | None:
+    return f"{data[0]}@v{data[1]}" if data else None
+
+
+def decide(
+    client: MlflowClient,
+    name: str,
+    challenger: ModelVersion,
+    champion: ModelVersion | None,
+    metric: str,
+    min_delta: float = 0.0,
+) -> Decision:
+    """Pure decision (no writes): does ``challenger`` replace ``champion``?"""
+    value = version_metric(client, challenger, metric)
+    data = data_version(challenger)
+    champ = str(champion.version) if champion is not None else None
+    d = Decision(name, metric, False, "", str(challenger.version), champ)
+    d.challenger_value, d.challenger_data = value, _fmt(data)
+    if champ == d.challenger_version:
+        d.reason = "the challenger already is the champion"
+        return d
+    if value is None:
+        d.reason = f"the challenger has no test_{metric.removeprefix('test_')} metric"
+        return d
+    if champion is None:
+        d.promoted, d.reason = True, f"no champion yet; challenger {metric}={value:.6f}"
+        return d
+    return _compare(client, d, champion, metric, min_delta)
+
+
+def _compare(
+    client: MlflowClient, d: Decision, champion: ModelVersion, metric: str, min_delta: float
+) -> Decision:
+    champ_data = data_version(champion)
+    d.champion_data = _fmt(champ_data)
+    d.champion_value = version_metric(client, champion, metric)
+    if d.challenger_data is None or champ_data is None or d.challenger_data != d.champion_data:
+        d.reason = (
+            f"different data version: challenger on {d.challenger_data}, champion on "
+            f"{d.champion_data}; metrics are comparable only on the same samples version"
+        )
+        return d
+    if d.champion_value is None:
+        d.promoted, d.reason = True, f"the champion has no {metric}; challenger takes over"
+        return d
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    gain = sign * (d.challenger_value - d.champion_value)
+    op = ">" if gain > min_delta else "<="
+    word = "beats" if gain > min_delta else "does not beat"
+    d.promoted = gain > min_delta
+    d.reason = (
+        f"challenger {word} champion on {metric}: {d.challenger_value:.6f} vs "
+        f"{d.champion_value:.6f} (improvement {gain:+.6f} {op} min_delta {min_delta}) "
+        f"on {d.challenger_data}"
+    )
+    return d
+
+
+def record(client: MlflowClient, d: Decision) -> None:
+    """Write the decision into the challenger version's tags and description."""
+    name, version = d.registered_model, d.challenger_version
+    tags = {
+        "decision": "promoted" if d.promoted else "refused",
+        "reason": d.reason,
+        "metric": d.metric,
+        "challenger_value": d.challenger_value,
+        "champion_value": d.champion_value,
+        "champion_version": d.champion_version,
+        "challenger_data": d.challenger_data,
+        "champion_data": d.champion_data,
+        "decided_at": d.decided_at,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, f"{TAG}promotion.{key}", str(value))
+    old = client.get_model_version(name, version).description or ""
+    line = f"[{d.decided_at}] {d.summary()}"
+    client.update_model_version(name, version, description=f"{old}\n\n{line}".strip())
+
+
+def promote(
+    model: str,
+    metric: str = DEFAULT_METRIC,
+    *,
+    version: str | None = None,
+    min_delta: float = 0.0,
+    tracking_uri: str | None = None,
+) -> Decision:
+    """Gate the challenger (alias, or ``version``) against the champion; move ``champion``
+    when it wins. The decision is recorded on the challenger version either way."""
+    client = _client(tracking_uri)
+    name = registered_model_name(model)
+    client.get_registered_model(name)  # a clear RESOURCE_DOES_NOT_EXIST for a wrong name
+    challenger = (
+        client.get_model_version(name, str(version))
+        if version is not None
+        else alias_version(client, name, CHALLENGER)
+    )
+    if challenger is None:
+        return Decision(name, metric, False, f"no version has alias '{CHALLENGER}'")
+    champion = alias_version(client, name, CHAMPION)
+    d = decide(client, name, challenger, champion, metric, min_delta)
+    d.decided_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    if d.promoted:
+        client.set_registered_model_alias(name, CHAMPION, challenger.version)
+        if champion is not None:
+            client.set_model_version_tag(
+                name, champion.version, f"{TAG}promotion.replaced_by", str(challenger.version)
+            )
+    if d.reason and "already is the champion" not in d.reason:
+        record(client, d)
+    return d
+
+
+def champion_uri(model: str) -> str:
+    return f"models:/{registered_model_name(model)}@{CHAMPION}"
+
+
+def describe(model: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Aliases and versions of ``isrec-<model>`` (for CLIs and reports)."""
+    client = _client(tracking_uri)
+    rm = client.get_registered_model(registered_model_name(model))
+    return {"name": rm.name, "aliases": dict(rm.aliases or {})}
