@@ -165,9 +165,8 @@ def _input_stamp(raw: Path) -> list[tuple[str, int, int]]:
 
 def _train_all(args: argparse.Namespace, lake: Path) -> dict[str, dict[str, tuple[float, float]]]:
     from etl.spec import FeatureSpec
-    from train.loop import run_seeds
     from train.registry import promote
-    from train.tracking import log_comparison
+    from train.runner import train_and_log
     from train.train_config import TrainConfig
 
     spec = FeatureSpec.load(lake)
@@ -196,8 +195,7 @@ def _train_all(args: argparse.Namespace, lake: Path) -> dict[str, dict[str, tupl
             rows[model] = {k: tuple(v) for k, v in cached["summary"].items()}
             continue
         log.info("training %s with %d Ray Train workers", model, args.num_workers)
-        result = run_seeds(cfg)
-        log_comparison(result.results, args.experiment)
+        result = train_and_log(cfg)
         decision = promote(model)
         log.info("promotion of %s: %s", model, decision.reason)
         rows[model] = result.summary

@@ -22,7 +22,8 @@ _JOBS = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _JOBS]
 sys.path.insert(0, str(_JOBS.parent))
 
-from train.loop import ConfigError, run_seeds  # noqa: E402
+from train.loop import ConfigError, preflight  # noqa: E402
+from train.runner import train_and_log  # noqa: E402
 from train.train_config import parse_config  # noqa: E402
 
 
@@ -32,10 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
     try:
-        result = run_seeds(cfg)
+        preflight(cfg)  # one clear line for a bad lake, spec or model, before Ray or MLflow
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    result = train_and_log(cfg)
     print(json.dumps(result.to_json()), flush=True)
     return 0
 

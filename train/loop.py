@@ -440,7 +440,8 @@ def _init_worker(config: dict[str, Any]) -> Worker:
     optimizer = torch.optim.Adam(ddp.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            optimizer.load_state_dict(torch.load(Path(folder) / OPTIMIZER_FILE, weights_only=True))
+            saved = torch.load(Path(folder) / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+            optimizer.load_state_dict(saved)  # moves the state to the parameters' device
     plans = {split: plan_shards(files, world) for split, files in config["files"].items()}
     device = ray.train.torch.get_device()
     worker = Worker(cfg, spec, plans, rank, world, device, model, ddp, optimizer, state, best)

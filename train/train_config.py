@@ -67,6 +67,18 @@ class TrainConfig:
     )
     ray_num_cpus: int = field(default=0, metadata={"help": "CPUs of a local Ray cluster (0: all)"})
     log_every: int = field(default=200, metadata={"help": "log a progress line every N steps"})
+    experiment: str = field(default="isrec", metadata={"help": "MLflow experiment"})
+    tracking_uri: str = field(
+        default="",
+        metadata={
+            "help": "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
+            "sqlite under data/mlflow)"
+        },
+    )
+    track: bool = field(default=True, metadata={"help": "log the run(s) to MLflow"})
+    register: bool = field(
+        default=True, metadata={"help": "register the best seed as isrec-<model>@challenger"}
+    )
     # test hooks: the last rank writes its PID to hook_pid_file and sleeps at "EPOCH:STEP"
     hook_pid_file: str = field(default="", metadata={"help": None})
     hook_at: str = field(default="", metadata={"help": None})

@@ -73,8 +73,10 @@ class TreeSampler:
         self.lock = threading.Lock()
         self.current: str | None = None
         self.cpu_seen: dict[tuple[int, float], float] = {}  # (pid, create_time) -> cpu s
-        self.peak = {"total": 0, "jvm": 0, "workers": 0, "driver": 0}
+        self.peak: dict[str, int] = {}
         self.stages: dict[str, dict] = {}
+        self.on_enter = lambda name: None  # e.g. tag the Spark jobs of a stage
+        self.on_exit = lambda name: None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -92,35 +94,44 @@ class TreeSampler:
             self.sample()
 
     def sample(self) -> None:
-        total = jvm = workers = driver = 0
+        rss = {"total": 0, "jvm": 0, "workers": 0, "driver": 0, "workers_pss": 0}
+        n_workers = 0
         procs = [self.root]
         with contextlib.suppress(psutil.Error):
             procs += self.root.children(recursive=True)
         for proc in procs:
             try:
                 with proc.oneshot():
-                    rss = proc.memory_info().rss
+                    mem = proc.memory_info().rss
                     cpu = proc.cpu_times()
                     key = (proc.pid, proc.create_time())
                     name = proc.name()
+                if proc.pid == self.root.pid:
+                    kind = "driver"
+                elif "java" in name:
+                    kind = "jvm"
+                else:  # Python workers forked from pyspark.daemon share pages: PSS too
+                    kind = "workers"
+                    rss["workers_pss"] += proc.memory_full_info().pss
+                    n_workers += 1
             except psutil.Error:  # exited between listing and reading
                 continue
-            total += rss
-            if proc.pid == self.root.pid:
-                driver = rss
-            elif "java" in name:
-                jvm += rss
-            else:
-                workers += rss
+            rss["total"] += mem
+            rss[kind] += mem
             with self.lock:
                 self.cpu_seen[key] = cpu.user + cpu.system
+        # the tree's memory with the workers' shared pages counted once
+        rss["total_pss"] = rss["total"] - rss["workers"] + rss["workers_pss"]
         load1 = os.getloadavg()[0]
         with self.lock:
-            for k, v in (("total", total), ("jvm", jvm), ("workers", workers), ("driver", driver)):
-                self.peak[k] = max(self.peak[k], v)
+            for k, v in rss.items():
+                self.peak[k] = max(self.peak.get(k, 0), v)
+            self.peak["n_workers"] = max(self.peak.get("n_workers", 0), n_workers)
             if self.current is not None:
                 s = self.stages[self.current]
-                s["peak_rss"] = max(s["peak_rss"], total)
+                s["peak_rss"] = max(s["peak_rss"], rss["total"])
+                s["peak_pss"] = max(s["peak_pss"], rss["total_pss"])
+                s["n_workers"] = max(s["n_workers"], n_workers)
                 s["load1"].append(load1)
 
     def cpu_total(self) -> float:
@@ -138,9 +149,19 @@ class TreeSampler:
             return
         with self.lock:
             s = self.stages.setdefault(
-                name, {"seconds": 0.0, "cpu_s": 0.0, "peak_rss": 0, "load1": [], "calls": 0}
+                name,
+                {
+                    "seconds": 0.0,
+                    "cpu_s": 0.0,
+                    "peak_rss": 0,
+                    "peak_pss": 0,
+                    "n_workers": 0,
+                    "load1": [],
+                    "calls": 0,
+                },
             )
             self.current = name
+        self.on_enter(name)
         cpu0, t0 = self.cpu_total(), time.perf_counter()
         try:
             yield
@@ -152,6 +173,7 @@ class TreeSampler:
                 s["cpu_s"] += cpu
                 s["calls"] += 1
                 self.current = None
+            self.on_exit(name)
             log.info("stage %-28s %8.1f s  cpu %8.1f s", name, seconds, cpu)
 
     def result(self, name: str, rows: int | None) -> dict:
@@ -163,12 +185,29 @@ class TreeSampler:
             "seconds": round(s["seconds"], 2),
             "cpu_s": round(s["cpu_s"], 1),
             "peak_rss_mib": round(s["peak_rss"] / MIB, 1),
+            "peak_rss_pss_workers_mib": round(s["peak_pss"] / MIB, 1),
+            "max_python_workers": s["n_workers"],
             "load1_mean": round(sum(loads) / len(loads), 2),
+        }
+
+    def overall(self, name: str, rows: int | None, seconds: float, cpu: float) -> dict:
+        """A row for a span covering several stages (peaks over the whole run)."""
+        loads = [x for s in self.stages.values() for x in s["load1"]]
+        return {
+            "stage": name,
+            "rows": rows,
+            "seconds": round(seconds, 2),
+            "cpu_s": round(cpu, 1),
+            "peak_rss_mib": round(self.peak.get("total", 0) / MIB, 1),
+            "peak_rss_pss_workers_mib": round(self.peak.get("total_pss", 0) / MIB, 1),
+            "max_python_workers": self.peak.get("n_workers", 0),
+            "load1_mean": round(sum(loads) / max(len(loads), 1), 2),
         }
 
     def peaks_mib(self) -> dict[str, float]:
         own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-        out = {f"peak_{k}_rss_mib": round(v / MIB, 1) for k, v in self.peak.items()}
+        out = {f"peak_{k}_mib": round(v / MIB, 1) for k, v in self.peak.items() if k != "n_workers"}
+        out["max_python_workers"] = self.peak.get("n_workers", 0)
         out["python_ru_maxrss_mib"] = round(own / MIB, 1)
         return out
 
@@ -181,6 +220,15 @@ SPARK_STAGES = {  # table written -> stage it belongs to
     "impressions": "impressions pass + write",
 }
 BRONZE_STAGE = "bronze + quarantine writes"
+OTHER = "other (delta log, collects, stats)"
+
+
+def spark_jobs(sc, group: str) -> tuple[int, int]:
+    """(jobs, completed tasks) of a job group, from the status tracker (last 1000 jobs)."""
+    tracker = sc.statusTracker()
+    jobs = [tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup(group)]
+    stage_infos = [tracker.getStageInfo(i) for job in jobs if job for i in job.stageIds]
+    return len(jobs), sum(info.numCompletedTasks for info in stage_infos if info)
 
 
 def run_spark(args: argparse.Namespace) -> dict:
@@ -195,6 +243,10 @@ def run_spark(args: argparse.Namespace) -> dict:
             master=f"local[{args.cores}]",
             extra_conf={"spark.driver.memory": args.driver_memory},
         )
+    sc = spark.sparkContext
+    sampler.on_enter = lambda name: sc.setJobGroup(name, name)
+    sampler.on_exit = lambda name: sc.setJobGroup(OTHER, OTHER)
+    sc.setJobGroup(OTHER, OTHER)
     cfg = EtlConfig(
         source="taobao_ad", input=str(args.world), output=str(args.lake), max_len=args.max_len
     )
@@ -233,28 +285,24 @@ def run_spark(args: argparse.Namespace) -> dict:
     stages = [sampler.result(name, stage_rows.get(name)) for name in sampler.stages]
     timed_s = sum(s["seconds"] for s in stages if s["stage"] != "spark startup")
     timed_cpu = sum(s["cpu_s"] for s in stages if s["stage"] != "spark startup")
-    load = [x for s in sampler.stages.values() for x in s["load1"]]
-    stages.append(
-        {
-            "stage": "other (delta log, collects, stats)",
-            "rows": None,
-            "seconds": round(etl_seconds - timed_s, 2),
-            "cpu_s": round(etl_cpu - timed_cpu, 1),
-            "peak_rss_mib": None,
-            "load1_mean": None,
-        }
+    other = sampler.overall(OTHER, None, 0, 0)
+    other.update(
+        seconds=round(etl_seconds - timed_s, 2),
+        cpu_s=round(etl_cpu - timed_cpu, 1),
+        peak_rss_mib=None,
+        peak_rss_pss_workers_mib=None,
+        max_python_workers=None,
+        load1_mean=None,
     )
-    stages.append(
-        {
-            "stage": "run_etl total",
-            "rows": read.get("behavior_log.csv", 0) + read.get("raw_sample.csv", 0),
-            "seconds": round(etl_seconds, 2),
-            "cpu_s": round(etl_cpu, 1),
-            "peak_rss_mib": round(sampler.peak["total"] / MIB, 1),
-            "load1_mean": round(sum(load) / max(len(load), 1), 2),
-        }
-    )
+    stages.append(other)
+    n_input = read.get("behavior_log.csv", 0) + read.get("raw_sample.csv", 0)
+    stages.append(sampler.overall("run_etl total", n_input, etl_seconds, etl_cpu))
+    for st in stages:
+        st["spark_jobs"], st["spark_tasks"] = spark_jobs(sc, st["stage"])
+    stages[-1]["spark_jobs"] = sum(st["spark_jobs"] for st in stages[1:-1])
+    stages[-1]["spark_tasks"] = sum(st["spark_tasks"] for st in stages[1:-1])
     # not timed: numbers to cross-check the DuckDB reference against
+    sc.setJobGroup("check", "check")
     check = pipeline.read_table(spark, cfg.output, "samples").agg({"hist_len": "sum"}).first()[0]
     conf = spark.sparkContext.getConf()
     result = {
@@ -392,17 +440,7 @@ def run_duckdb(args: argparse.Namespace) -> dict:
         "history + write": n_imp,
     }
     stages = [sampler.result(name, stage_rows[name]) for name in queries]
-    load = [x for s in sampler.stages.values() for x in s["load1"]]
-    stages.append(
-        {
-            "stage": "total",
-            "rows": n_beh + n_imp,
-            "seconds": round(seconds, 2),
-            "cpu_s": round(cpu, 1),
-            "peak_rss_mib": round(sampler.peak["total"] / MIB, 1),
-            "load1_mean": round(sum(load) / max(len(load), 1), 2),
-        }
-    )
+    stages.append(sampler.overall("total", n_beh + n_imp, seconds, cpu))
     result = {
         "engine": "duckdb",
         "version": duckdb.__version__,
@@ -503,18 +541,19 @@ def fmt(value, spec: str) -> str:
 def print_table(results: list[dict]) -> None:
     head = (
         f"{'engine':<7} {'stage':<36} {'rows':>12} {'seconds':>9} {'rows/s/core':>12} "
-        f"{'peak RSS MiB':>13} {'cpu s':>8} {'load1':>6}"
+        f"{'peak RSS MiB':>13} {'(PSS wk)':>9} {'wk':>3} {'cpu s':>8} {'load1':>6} {'jobs':>5}"
     )
     print(head)
     print("-" * len(head))
     for res in results:
         for s in res["stages"]:
-            per_core = s.get("rows_per_s_per_core")
             print(
                 f"{res['engine']:<7} {s['stage']:<36} {fmt(s['rows'], ',d'):>12} "
-                f"{s['seconds']:>9.1f} {fmt(per_core, ',.0f'):>12} "
-                f"{fmt(s['peak_rss_mib'], ',.0f'):>13} {fmt(s['cpu_s'], '.1f'):>8} "
-                f"{fmt(s['load1_mean'], '.2f'):>6}"
+                f"{s['seconds']:>9.1f} {fmt(s.get('rows_per_s_per_core'), ',.0f'):>12} "
+                f"{fmt(s['peak_rss_mib'], ',.0f'):>13} "
+                f"{fmt(s['peak_rss_pss_workers_mib'], ',.0f'):>9} "
+                f"{fmt(s['max_python_workers'], 'd'):>3} {fmt(s['cpu_s'], '.1f'):>8} "
+                f"{fmt(s['load1_mean'], '.2f'):>6} {fmt(s.get('spark_jobs'), 'd'):>5}"
             )
 
 
