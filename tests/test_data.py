@@ -135,9 +135,11 @@ def test_delta_shards_cover_each_split(lake, backend):
 def test_steps_per_epoch_is_the_min_over_shards(multi_rg_files):
     plan = plan_shards(multi_rg_files, 3)
     assert plan.rows == [70, 75, 55]  # row groups 0,3,6 | 1,4,7 | 2,5,8
-    assert steps_per_epoch(plan, 16) == 4  # ceil(55 / 16)
-    loader = make_loader(_spec(), plan, "pyarrow", 16, shard=0, num_shards=3, max_steps=4)
-    assert len(loader) == 4 and len(list(loader)) == 4
+    assert steps_per_epoch(plan, 16) == 3  # floor(55 / 16): full batches on every rank
+    assert steps_per_epoch(plan, 64) == 1  # a shard below one batch: ceil(55 / 64)
+    loader = make_loader(_spec(), plan, "pyarrow", 16, shard=0, num_shards=3, max_steps=3)
+    batches = list(loader)
+    assert len(loader) == 3 and [len(b["click"]) for b in batches] == [16, 16, 16]
 
 
 # --- batch contract and shuffle ---------------------------------------------------------------

@@ -17,11 +17,17 @@ sorted) with ``r % num_shards == shard``, so shard sizes differ by at most one r
 
 Equal step counts for DDP. ``ShardPlan.rows`` holds every shard's row count (parquet footers;
 the id column in striding mode). Every rank computes the same plan from the same file list, so
-``steps_per_epoch`` (the MIN over shards of ceil(rows / batch_size)) needs no collective; the
-rows beyond that on larger shards are skipped for the epoch (which ones changes every epoch, as
-the row-group order and the shuffle buffer are reseeded per epoch). We chose MIN over DDP's
-``join()`` because the loop runs other collectives per epoch and MIN keeps every step a full
-synchronous DDP step.
+``steps_per_epoch`` needs no collective: the MIN over shards of floor(rows / batch_size), so that
+every step is a full batch on every rank (or, for a shard smaller than one batch, the MIN of
+ceil(rows / batch_size)). The rows beyond that are skipped for the epoch; which ones changes
+every epoch, as the row-group order and the shuffle buffer are reseeded per epoch. We chose MIN
+over DDP's ``join()`` because the loop runs other collectives per epoch (loss all-reduce,
+validation gather) and MIN keeps every step a full synchronous DDP step. Evaluation reads every
+row of every shard (no DDP forward, so uneven shards are fine there).
+
+Memory. A loader holds at most the shuffle buffer plus one row group and ``PREFETCH`` row
+groups read ahead; striding mode also holds the sorted ``impression_id`` column (8 bytes a row),
+which only happens for tables with fewer row groups than shards, i.e. small ones.
 
 Batches. Each loader streams row groups (never the whole shard), re-batches them to
 ``batch_size`` through an in-memory shuffle buffer of ``shuffle_buffer`` rows, seeded by
@@ -224,8 +230,9 @@ def _sorted_ids(files: list[str]) -> np.ndarray:
 
 
 def steps_per_epoch(plan: ShardPlan, batch_size: int) -> int:
-    """Steps every rank runs: MIN over shards of ceil(rows / batch_size) (see module doc)."""
-    return min(-(-r // batch_size) for r in plan.rows)
+    """Steps every rank runs: full batches only when every shard has one (see module doc)."""
+    full = min(r // batch_size for r in plan.rows)
+    return full if full > 0 else min(-(-r // batch_size) for r in plan.rows)
 
 
 # --- loaders ------------------------------------------------------------------------------------

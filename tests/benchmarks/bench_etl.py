@@ -370,37 +370,52 @@ def duckdb_queries(world: Path, out: Path, gap_s: int, max_len: int, tz: int) ->
         FROM started""",
         f"COPY events TO '{out / 'events.parquet'}' (FORMAT parquet)",
     ]
-    gap = "2 + least(floor(log2(1 + greatest(s.imp_ts - e.ts, 0) / 60.0)), 15)::INTEGER"
+    gap = "2 + least(floor(log2(1 + greatest(ts - t, 0) / 60.0)), 15)::INTEGER"
 
     def hist(col: str) -> str:
-        return f"list_resize(coalesce(h.{col}, []), {max_len}, 0) AS {col}"
+        return f"list_resize({col}, {max_len}, 0) AS {col}"
 
     history = [
-        f"""CREATE TABLE ev_rank AS SELECT user_id, ts, btag_rank, cate_id, brand_id,
-            row_number() OVER (PARTITION BY user_id ORDER BY {EVENT_ORDER}) AS rn FROM events""",
-        # k = behaviors strictly before the impression = rank of the last one before it
-        """CREATE TABLE imp_k AS
+        # each user's behaviors once, as lists in event order (an unordered list of structs led
+        # by the rank, sorted afterwards: list(... ORDER BY) buffers per group, far slower)
+        f"""CREATE TABLE user_events AS
+        WITH ranked AS (
+            SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY {EVENT_ORDER}) AS rn
+            FROM events),
+        lists AS (
+            SELECT user_id,
+                list_sort(list({{'rn': rn, 'ts': ts, 'cate': cate_id, 'brand': brand_id,
+                                 'btag': btag_rank + 2}})) AS ev
+            FROM ranked GROUP BY user_id)
+        SELECT user_id, list_transform(ev, x -> x.ts) AS ts_l,
+            list_transform(ev, x -> x.cate) AS cate_l,
+            list_transform(ev, x -> x.brand) AS brand_l,
+            list_transform(ev, x -> x.btag) AS btag_l
+        FROM lists""",
+        # k = behaviors strictly before the impression = rank of the last one before it (the
+        # largest rank among a timestamp's behaviors)
+        f"""CREATE TABLE imp_k AS
         SELECT i.imp_id, i.user_id, i.ts, coalesce(b.k, 0) AS k
-        FROM impressions i ASOF LEFT JOIN
-            (SELECT user_id, ts, max(rn) AS k FROM ev_rank GROUP BY user_id, ts) b
-            ON i.user_id = b.user_id AND i.ts > b.ts""",
+        FROM impressions i ASOF LEFT JOIN (
+            SELECT user_id, ts, max(rn) AS k FROM (
+                SELECT user_id, ts,
+                    row_number() OVER (PARTITION BY user_id ORDER BY {EVENT_ORDER}) AS rn
+                FROM events)
+            GROUP BY user_id, ts) b
+        ON i.user_id = b.user_id AND i.ts > b.ts""",
+        # the last max_len of them: slices of the user's lists, streamed impression by impression
         f"""COPY (
-            WITH slots AS (
-                SELECT imp_id, user_id, ts AS imp_ts,
-                    unnest(range(greatest(k - {max_len}, 0) + 1, k + 1)) AS rn
-                FROM imp_k WHERE k > 0),
-            h AS (
-                SELECT s.imp_id,
-                    list(e.cate_id ORDER BY e.rn) AS hist_cate,
-                    list(e.brand_id ORDER BY e.rn) AS hist_brand,
-                    list(e.btag_rank + 2 ORDER BY e.rn) AS hist_btag,
-                    list({gap} ORDER BY e.rn) AS hist_gap
-                FROM slots s JOIN ev_rank e USING (user_id, rn)
-                GROUP BY s.imp_id)
-            SELECT i.imp_id, i.user_id, i.ts, least(i.k, {max_len})::INTEGER AS hist_len,
-                {hist("hist_cate")}, {hist("hist_brand")}, {hist("hist_btag")},
-                {hist("hist_gap")}
-            FROM imp_k i LEFT JOIN h USING (imp_id)
+            WITH sliced AS (
+                SELECT i.imp_id, i.user_id, i.ts, least(i.k, {max_len})::INTEGER AS hist_len,
+                    greatest(i.k - {max_len}, 0) + 1 AS a, i.k AS b,
+                    u.ts_l, u.cate_l, u.brand_l, u.btag_l
+                FROM imp_k i LEFT JOIN user_events u USING (user_id))
+            SELECT imp_id, user_id, ts, hist_len,
+                coalesce(list_slice(cate_l, a, b), []) AS hist_cate,
+                coalesce(list_slice(brand_l, a, b), []) AS hist_brand,
+                coalesce(list_slice(btag_l, a, b), []) AS hist_btag,
+                coalesce(list_transform(list_slice(ts_l, a, b), t -> {gap}), []) AS hist_gap
+            FROM sliced
         ) TO '{out / "history.parquet"}' (FORMAT parquet)""",
     ]
     return {"load CSV": load, "sessionize + write": sessionize, "history + write": history}
