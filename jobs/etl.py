@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # no chatter after a one-line error
     cfg = from_args(args)
     from etl.errors import run_cli
 

@@ -116,12 +116,12 @@ def test_user_behavior_real_slice(spark, real_data, tmp_path):
 
 
 def test_truncated_real_file_is_quarantined_not_lost(spark, real_data, tmp_path):
-    # The first 3,000 lines and the truncated last line of the real time-window slice (the whole
+    # The first 300 lines and the truncated last line of the real time-window slice (the whole
     # file has 58,732 users: the per-user pass makes it too slow for CI, see etl/impressions.py).
     lines = (
         real_data / "taobao_user_behavior" / "UserBehavior_timewindow_20171126.csv"
     ).read_text()
-    head, last = lines.splitlines()[:3000], lines.splitlines()[-1]
+    head, last = lines.splitlines()[:300], lines.splitlines()[-1]
     assert last == "301780,543546,4181361,pv,15" and not lines.endswith("\n")
     src = tmp_path / "UserBehavior.csv"
     src.write_text("\n".join(head + [last]))
@@ -134,7 +134,7 @@ def test_truncated_real_file_is_quarantined_not_lost(spark, real_data, tmp_path)
     )
     summary = run_etl(spark, cfg)
     report = summary.reports[0]
-    assert report.read == 3001 and report.read == report.kept + report.quarantined
+    assert report.read == 301 and report.read == report.kept + report.quarantined
     quarantine = read_table(spark, tmp_path / "lake", "quarantine")
     assert quarantine.count() == report.quarantined >= 1
     assert quarantine.where(F.col("raw") == last).count() == 1

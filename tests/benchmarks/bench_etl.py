@@ -372,8 +372,8 @@ def duckdb_queries(world: Path, out: Path, gap_s: int, max_len: int, tz: int) ->
     ]
     gap = "2 + least(floor(log2(1 + greatest(ts - t, 0) / 60.0)), 15)::INTEGER"
 
-    def hist(col: str) -> str:
-        return f"list_resize({col}, {max_len}, 0) AS {col}"
+    def pad(values: str) -> str:  # right-padded with 0 to max_len, as Spark's arrays
+        return f"list_resize(coalesce({values}, []), {max_len}, 0)"
 
     history = [
         # each user's behaviors once, as lists in event order (an unordered list of structs led
@@ -411,10 +411,10 @@ def duckdb_queries(world: Path, out: Path, gap_s: int, max_len: int, tz: int) ->
                     u.ts_l, u.cate_l, u.brand_l, u.btag_l
                 FROM imp_k i LEFT JOIN user_events u USING (user_id))
             SELECT imp_id, user_id, ts, hist_len,
-                coalesce(list_slice(cate_l, a, b), []) AS hist_cate,
-                coalesce(list_slice(brand_l, a, b), []) AS hist_brand,
-                coalesce(list_slice(btag_l, a, b), []) AS hist_btag,
-                coalesce(list_transform(list_slice(ts_l, a, b), t -> {gap}), []) AS hist_gap
+                {pad("list_slice(cate_l, a, b)")} AS hist_cate,
+                {pad("list_slice(brand_l, a, b)")} AS hist_brand,
+                {pad("list_slice(btag_l, a, b)")} AS hist_btag,
+                {pad(f"list_transform(list_slice(ts_l, a, b), t -> {gap})")} AS hist_gap
             FROM sliced
         ) TO '{out / "history.parquet"}' (FORMAT parquet)""",
     ]
@@ -434,6 +434,7 @@ def run_duckdb(args: argparse.Namespace) -> dict:
     con.execute(f"PRAGMA threads={args.cores}")
     con.execute(f"SET memory_limit = '{args.duckdb_memory}'")
     con.execute(f"SET temp_directory = '{out / 'spill'}'")
+    con.execute("SET enable_progress_bar = false")
     cpu0, t0 = sampler.cpu_total(), time.perf_counter()
     queries = duckdb_queries(
         Path(args.world), out, cfg.gap_seconds, args.max_len, cfg.tz_offset_hours
