@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from etl import quality
+from etl.formats import TAOBAO_PROFILE_COLUMNS
 from etl.quality import Field, FileSpec, ParsedFile
 from etl.schemas import ADS, BEHAVIORS, RAW_IMPRESSIONS, USER_PROFILE_FIELDS, USERS
 from etl.sources.base import (
@@ -35,16 +36,7 @@ from etl.sources.base import (
 
 SOURCE = "taobao_ad"
 DEFAULT_DAYS = ("2017-01-01", "2018-01-01")  # valid time_stamp range (UTC+8 days)
-PROFILE_COLUMNS = (
-    "cms_segid",
-    "cms_group_id",
-    "final_gender_code",
-    "age_level",
-    "pvalue_level",
-    "shopping_level",
-    "occupation",
-    "new_user_class_level",
-)
+PROFILE_COLUMNS = TAOBAO_PROFILE_COLUMNS
 
 
 def _nonclk_not_complement(c):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from etl.formats import TAOBAO_PROFILE_COLUMNS
 from etl.world.model import (
     BTAGS,
     DAY_S,
@@ -43,16 +44,7 @@ HEADERS = {
     "truth.csv": "user,time_stamp,adgroup_id,pid,p_click,p_buy_given_click,"
     "expected_further_views,propensity,conversion,further_views",
 }
-PROFILE_COLUMNS = (
-    "cms_segid",
-    "cms_group_id",
-    "final_gender_code",
-    "age_level",
-    "pvalue_level",
-    "shopping_level",
-    "occupation",
-    "new_user_class_level",
-)
+PROFILE_COLUMNS = TAOBAO_PROFILE_COLUMNS
 AD_BRAND_NULL = "NULL"
 WRITE_ROWS = 500_000  # rows formatted at once (bounds the formatting buffers)
 
