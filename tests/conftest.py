@@ -11,8 +11,13 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-# Spark's Python workers must run this interpreter (the venv), not the first python3 on PATH.
+# Spark's Python workers must run this interpreter (the venv), not the first python3 on PATH,
+# and the venv's tools (spark-submit, mlflow, uvicorn, ray) must be found as an activated venv
+# would find them.
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+_VENV_BIN = str(Path(sys.executable).parent)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _VENV_BIN:
+    os.environ["PATH"] = _VENV_BIN + os.pathsep + os.environ.get("PATH", "")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "real"

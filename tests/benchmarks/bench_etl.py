@@ -18,14 +18,18 @@ Not run by CI. Steps:
    column types (exact duplicate lines dropped, as the Spark parser quarantines them), the same
    30-minute sessionization (lag over the user's ordered behaviors, cumulative sum of new-session
    flags, session id from the start time, position in session) and the same histories (the last
-   L behaviors strictly before each impression: an ASOF join finds how many behaviors precede
-   it, then a join on the behavior's per-user rank gathers them), each written to Parquet as
-   Spark writes Delta. It does not do session attachment, labels, vocabularies or encoding.
+   L behaviors strictly before each impression, right-padded to L: an ASOF join counts the
+   behaviors before it, then a slice of the user's behavior lists), each written to Parquet as
+   Spark writes Delta. It does not do session attachment, labels, vocabularies or encoding, so
+   the Spark/DuckDB ratios compare more work with less; the JSON's ``checks_match`` says whether
+   both found the same rows, sessions and total history length.
 
-Peak memory is sampled every 0.5 s in a thread: RSS of the whole process tree (Spark: Python
-driver + JVM + Python workers; the sum counts pages that forked workers share more than once)
-per stage, plus the process's own ``ru_maxrss``. CPU seconds of the tree and the 1-minute load
-average are sampled alongside: the machine is shared, so wall times depend on its load.
+Memory is sampled every 0.5 s in a thread: RSS of the whole process tree per stage (Spark: Python
+driver + JVM + Python workers; the "PSS wk" column counts the workers' pages shared with the
+pyspark daemon once), the processes at the peak, and the Python process's own ``ru_maxrss``.
+CPU seconds of the tree, Spark jobs per stage (job groups) and the 1-minute load average are
+recorded alongside: the machine is shared, so wall times depend on its load (which includes
+this benchmark's own 2 threads).
 
 Prints a table (engine, stage, rows, seconds, rows/s per core, peak RSS ...) and the
 Spark/DuckDB ratios, and writes the same as bench_etl.json next to this script.
@@ -74,6 +78,8 @@ class TreeSampler:
         self.current: str | None = None
         self.cpu_seen: dict[tuple[int, float], float] = {}  # (pid, create_time) -> cpu s
         self.peak: dict[str, int] = {}
+        self.peak_procs: dict[str, float] = {}  # RSS MiB of each process at the peak
+        self.peak_stage: str | None = None
         self.stages: dict[str, dict] = {}
         self.on_enter = lambda name: None  # e.g. tag the Spark jobs of a stage
         self.on_exit = lambda name: None
@@ -96,6 +102,7 @@ class TreeSampler:
     def sample(self) -> None:
         rss = {"total": 0, "jvm": 0, "workers": 0, "driver": 0, "workers_pss": 0}
         n_workers = 0
+        seen: list[tuple[str, int]] = []  # (process, rss) for the breakdown at the peak
         procs = [self.root]
         with contextlib.suppress(psutil.Error):
             procs += self.root.children(recursive=True)
@@ -118,12 +125,16 @@ class TreeSampler:
                 continue
             rss["total"] += mem
             rss[kind] += mem
+            seen.append((f"{kind} {proc.pid} {name}", mem))
             with self.lock:
                 self.cpu_seen[key] = cpu.user + cpu.system
         # the tree's memory with the workers' shared pages counted once
         rss["total_pss"] = rss["total"] - rss["workers"] + rss["workers_pss"]
         load1 = os.getloadavg()[0]
         with self.lock:
+            if rss["total"] > self.peak.get("total", 0):
+                self.peak_procs = {k: round(v / MIB, 1) for k, v in seen}
+                self.peak_stage = self.current
             for k, v in rss.items():
                 self.peak[k] = max(self.peak.get(k, 0), v)
             self.peak["n_workers"] = max(self.peak.get("n_workers", 0), n_workers)
@@ -208,6 +219,7 @@ class TreeSampler:
         own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
         out = {f"peak_{k}_mib": round(v / MIB, 1) for k, v in self.peak.items() if k != "n_workers"}
         out["max_python_workers"] = self.peak.get("n_workers", 0)
+        out["at_peak"] = {"stage": self.peak_stage, "rss_mib": self.peak_procs}
         out["python_ru_maxrss_mib"] = round(own / MIB, 1)
         return out
 
