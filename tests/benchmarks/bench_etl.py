@@ -45,6 +45,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -76,13 +77,14 @@ class TreeSampler:
         self.interval = interval
         self.lock = threading.Lock()
         self.current: str | None = None
-        self.cpu_seen: dict[tuple[int, float], float] = {}  # (pid, create_time) -> cpu s
+        self.cpu_seen: dict[tuple[int, float], tuple[str, float]] = {}  # -> (kind, cpu s)
         self.peak: dict[str, int] = {}
         self.peak_procs: dict[str, float] = {}  # RSS MiB of each process at the peak
         self.peak_stage: str | None = None
         self.stages: dict[str, dict] = {}
         self.on_enter = lambda name: None  # e.g. tag the Spark jobs of a stage
         self.on_exit = lambda name: None
+        self.progress: Path | None = None  # completed stages are saved here as they end
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -100,7 +102,7 @@ class TreeSampler:
             self.sample()
 
     def sample(self) -> None:
-        rss = {"total": 0, "jvm": 0, "workers": 0, "driver": 0, "workers_pss": 0}
+        rss = {"total": 0, "jvm": 0, "workers": 0, "driver": 0, "other": 0, "workers_pss": 0}
         n_workers = 0
         seen: list[tuple[str, int]] = []  # (process, rss) for the breakdown at the peak
         procs = [self.root]
@@ -117,19 +119,22 @@ class TreeSampler:
                     kind = "driver"
                 elif "java" in name:
                     kind = "jvm"
-                else:  # Python workers forked from pyspark.daemon share pages: PSS too
+                elif "python" in name:  # workers forked from pyspark.daemon share pages: PSS
                     kind = "workers"
                     rss["workers_pss"] += proc.memory_full_info().pss
                     n_workers += 1
+                else:  # e.g. the spark-submit shell wrapper
+                    kind = "other"
             except psutil.Error:  # exited between listing and reading
                 continue
             rss["total"] += mem
             rss[kind] += mem
             seen.append((f"{kind} {proc.pid} {name}", mem))
             with self.lock:
-                self.cpu_seen[key] = cpu.user + cpu.system
+                self.cpu_seen[key] = (kind, cpu.user + cpu.system)
         # the tree's memory with the workers' shared pages counted once
         rss["total_pss"] = rss["total"] - rss["workers"] + rss["workers_pss"]
+        del rss["other"]
         load1 = os.getloadavg()[0]
         with self.lock:
             if rss["total"] > self.peak.get("total", 0):
@@ -145,12 +150,12 @@ class TreeSampler:
                 s["n_workers"] = max(s["n_workers"], n_workers)
                 s["load1"].append(load1)
 
-    def cpu_total(self) -> float:
-        """CPU seconds of every process of the tree seen so far (exited ones up to their last
-        sample)."""
+    def cpu_total(self, kind: str | None = None) -> float:
+        """CPU seconds of every process (of ``kind``) of the tree seen so far (exited ones up to
+        their last sample)."""
         self.sample()
         with self.lock:
-            return sum(self.cpu_seen.values())
+            return sum(c for k, c in self.cpu_seen.values() if kind in (None, k))
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -164,6 +169,7 @@ class TreeSampler:
                 {
                     "seconds": 0.0,
                     "cpu_s": 0.0,
+                    "cpu_workers_s": 0.0,
                     "peak_rss": 0,
                     "peak_pss": 0,
                     "n_workers": 0,
@@ -173,19 +179,29 @@ class TreeSampler:
             )
             self.current = name
         self.on_enter(name)
-        cpu0, t0 = self.cpu_total(), time.perf_counter()
+        cpu0, workers0, t0 = self.cpu_total(), self.cpu_total("workers"), time.perf_counter()
         try:
             yield
         finally:
             seconds = time.perf_counter() - t0
-            cpu = self.cpu_total() - cpu0
+            cpu, workers = self.cpu_total() - cpu0, self.cpu_total("workers") - workers0
             with self.lock:
                 s["seconds"] += seconds
                 s["cpu_s"] += cpu
+                s["cpu_workers_s"] += workers
                 s["calls"] += 1
                 self.current = None
             self.on_exit(name)
-            log.info("stage %-28s %8.1f s  cpu %8.1f s", name, seconds, cpu)
+            log.info(
+                "stage %-28s %7.1f s  cpu %7.1f s (python workers %.1f s)",
+                name,
+                seconds,
+                cpu,
+                workers,
+            )
+            if self.progress is not None:
+                partial = [self.result(n, None) for n in self.stages if n != self.current]
+                self.progress.write_text(json.dumps({"stages": partial}, indent=2) + "\n")
 
     def result(self, name: str, rows: int | None) -> dict:
         s = self.stages[name]
@@ -195,13 +211,16 @@ class TreeSampler:
             "rows": rows,
             "seconds": round(s["seconds"], 2),
             "cpu_s": round(s["cpu_s"], 1),
+            "cpu_python_workers_s": round(s["cpu_workers_s"], 1),
             "peak_rss_mib": round(s["peak_rss"] / MIB, 1),
             "peak_rss_pss_workers_mib": round(s["peak_pss"] / MIB, 1),
             "max_python_workers": s["n_workers"],
             "load1_mean": round(sum(loads) / len(loads), 2),
         }
 
-    def overall(self, name: str, rows: int | None, seconds: float, cpu: float) -> dict:
+    def overall(
+        self, name: str, rows: int | None, seconds: float, cpu: float, cpu_workers: float
+    ) -> dict:
         """A row for a span covering several stages (peaks over the whole run)."""
         loads = [x for s in self.stages.values() for x in s["load1"]]
         return {
@@ -209,6 +228,7 @@ class TreeSampler:
             "rows": rows,
             "seconds": round(seconds, 2),
             "cpu_s": round(cpu, 1),
+            "cpu_python_workers_s": round(cpu_workers, 1),
             "peak_rss_mib": round(self.peak.get("total", 0) / MIB, 1),
             "peak_rss_pss_workers_mib": round(self.peak.get("total_pss", 0) / MIB, 1),
             "max_python_workers": self.peak.get("n_workers", 0),
@@ -249,6 +269,7 @@ def run_spark(args: argparse.Namespace) -> dict:
     from etl.spark import get_spark
 
     sampler = TreeSampler().start()
+    sampler.progress = args.result
     with sampler.stage("spark startup"):
         spark = get_spark(
             "isrec-bench-etl",
@@ -275,9 +296,10 @@ def run_spark(args: argparse.Namespace) -> dict:
         pipeline.write_table, lambda df, lake, name, *a, **kw: SPARK_STAGES.get(name, BRONZE_STAGE)
     )
     pipeline.write_samples = timed(pipeline.write_samples, lambda *a, **kw: "samples write")
-    cpu0, t0 = sampler.cpu_total(), time.perf_counter()
+    cpu0, workers0, t0 = sampler.cpu_total(), sampler.cpu_total("workers"), time.perf_counter()
     summary = pipeline.run_etl(spark, cfg)
-    etl_seconds, etl_cpu = time.perf_counter() - t0, sampler.cpu_total() - cpu0
+    etl_seconds = time.perf_counter() - t0
+    etl_cpu, etl_workers = sampler.cpu_total() - cpu0, sampler.cpu_total("workers") - workers0
     sampler.stop()
 
     rows = summary.rows
@@ -297,10 +319,11 @@ def run_spark(args: argparse.Namespace) -> dict:
     stages = [sampler.result(name, stage_rows.get(name)) for name in sampler.stages]
     timed_s = sum(s["seconds"] for s in stages if s["stage"] != "spark startup")
     timed_cpu = sum(s["cpu_s"] for s in stages if s["stage"] != "spark startup")
-    other = sampler.overall(OTHER, None, 0, 0)
+    timed_workers = sum(s["cpu_python_workers_s"] for s in stages)
+    other = sampler.overall(
+        OTHER, None, etl_seconds - timed_s, etl_cpu - timed_cpu, etl_workers - timed_workers
+    )
     other.update(
-        seconds=round(etl_seconds - timed_s, 2),
-        cpu_s=round(etl_cpu - timed_cpu, 1),
         peak_rss_mib=None,
         peak_rss_pss_workers_mib=None,
         max_python_workers=None,
@@ -308,7 +331,7 @@ def run_spark(args: argparse.Namespace) -> dict:
     )
     stages.append(other)
     n_input = read.get("behavior_log.csv", 0) + read.get("raw_sample.csv", 0)
-    stages.append(sampler.overall("run_etl total", n_input, etl_seconds, etl_cpu))
+    stages.append(sampler.overall("run_etl total", n_input, etl_seconds, etl_cpu, etl_workers))
     for st in stages:
         st["spark_jobs"], st["spark_tasks"] = spark_jobs(sc, st["stage"])
     stages[-1]["spark_jobs"] = sum(st["spark_jobs"] for st in stages[1:-1])
@@ -442,6 +465,7 @@ def run_duckdb(args: argparse.Namespace) -> dict:
     out = Path(args.lake)
     out.mkdir(parents=True, exist_ok=True)
     sampler = TreeSampler().start()
+    sampler.progress = args.result
     con = duckdb.connect()  # in memory, spilling to temp_directory beyond memory_limit
     con.execute(f"PRAGMA threads={args.cores}")
     con.execute(f"SET memory_limit = '{args.duckdb_memory}'")
@@ -468,7 +492,7 @@ def run_duckdb(args: argparse.Namespace) -> dict:
         "history + write": n_imp,
     }
     stages = [sampler.result(name, stage_rows[name]) for name in queries]
-    stages.append(sampler.overall("total", n_beh + n_imp, seconds, cpu))
+    stages.append(sampler.overall("total", n_beh + n_imp, seconds, cpu, 0.0))
     result = {
         "engine": "duckdb",
         "version": duckdb.__version__,
@@ -513,7 +537,11 @@ def ensure_world(args: argparse.Namespace, tmp: Path) -> tuple[Path, dict, float
     return world, meta, time.perf_counter() - t0
 
 
-def run_child(engine: str, args: argparse.Namespace, world: Path, work: Path) -> dict:
+def run_child(
+    engine: str, args: argparse.Namespace, world: Path, work: Path, timeout: float | None
+) -> dict:
+    """Run one engine in a fresh process (its own session, so a timeout can end its JVM and
+    workers too); on failure or timeout return the stages it had completed."""
     result_file = work / f"{engine}.json"
     lake = work / f"{engine}_out"
     cmd = [
@@ -537,15 +565,63 @@ def run_child(engine: str, args: argparse.Namespace, world: Path, work: Path) ->
         args.duckdb_memory,
     ]
     log.info("running %s", engine)
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    result = json.loads(result_file.read_text())
-    shutil.rmtree(lake, ignore_errors=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
+    error = None
+    try:
+        if proc.wait(timeout=timeout) != 0:
+            error = f"exit status {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        error = f"timed out after {timeout:.0f} s"
+    finally:  # also on SIGTERM/Ctrl-C of this process
+        if proc.poll() is None:
+            _kill_session(proc)
+        shutil.rmtree(lake, ignore_errors=True)
+    result = json.loads(result_file.read_text()) if result_file.is_file() else {"stages": []}
+    result.setdefault("engine", engine)
+    result["complete"] = error is None
+    if error:
+        log.warning(
+            "%s did not finish (%s): keeping the %d stages it completed",
+            engine,
+            error,
+            len(result["stages"]),
+        )
+        result["error"] = error
     return result
 
 
+def _kill_session(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class LoadSampler(threading.Thread):
+    """1-minute load average every few seconds over the whole benchmark."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        super().__init__(daemon=True)
+        self.interval, self.values = interval, [os.getloadavg()[0]]
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            self.values.append(os.getloadavg()[0])
+
+    def summary(self) -> dict:
+        self._stop_event.set()
+        v = self.values
+        return {"min": round(min(v), 2), "mean": round(sum(v) / len(v), 2), "max": round(max(v), 2)}
+
+
 def ratios(spark: dict, duck: dict) -> dict:
-    def stage(res: dict, name: str) -> dict:
-        return next(s for s in res["stages"] if s["stage"] == name)
+    def stage(res: dict, name: str) -> dict | None:
+        return next((s for s in res["stages"] if s["stage"] == name), None)
 
     out = {}
     for what, s_name, d_name in (
@@ -553,6 +629,8 @@ def ratios(spark: dict, duck: dict) -> dict:
         ("history", "impressions pass + write", "history + write"),
     ):
         s, d = stage(spark, s_name), stage(duck, d_name)
+        if s is None or d is None:
+            continue
         out[what] = {
             "spark_stage": s_name,
             "duckdb_stage": d_name,
@@ -568,27 +646,35 @@ def fmt(value, spec: str) -> str:
 
 def print_table(results: list[dict]) -> None:
     head = (
-        f"{'engine':<7} {'stage':<36} {'rows':>12} {'seconds':>9} {'rows/s/core':>12} "
-        f"{'peak RSS MiB':>13} {'(PSS wk)':>9} {'wk':>3} {'cpu s':>8} {'load1':>6} {'jobs':>5}"
+        f"{'engine':<7} {'stage':<36} {'rows':>11} {'seconds':>8} {'rows/s/core':>11} "
+        f"{'peak RSS MiB':>12} {'(PSS wk)':>8} {'wk':>2} {'cpu s':>7} {'(py wk)':>7} "
+        f"{'load1':>5} {'jobs':>4}"
     )
     print(head)
     print("-" * len(head))
     for res in results:
         for s in res["stages"]:
             print(
-                f"{res['engine']:<7} {s['stage']:<36} {fmt(s['rows'], ',d'):>12} "
-                f"{s['seconds']:>9.1f} {fmt(s.get('rows_per_s_per_core'), ',.0f'):>12} "
-                f"{fmt(s['peak_rss_mib'], ',.0f'):>13} "
-                f"{fmt(s['peak_rss_pss_workers_mib'], ',.0f'):>9} "
-                f"{fmt(s['max_python_workers'], 'd'):>3} {fmt(s['cpu_s'], '.1f'):>8} "
-                f"{fmt(s['load1_mean'], '.2f'):>6} {fmt(s.get('spark_jobs'), 'd'):>5}"
+                f"{res['engine']:<7} {s['stage']:<36} {fmt(s['rows'], ',d'):>11} "
+                f"{s['seconds']:>8.1f} {fmt(s.get('rows_per_s_per_core'), ',.0f'):>11} "
+                f"{fmt(s['peak_rss_mib'], ',.0f'):>12} "
+                f"{fmt(s['peak_rss_pss_workers_mib'], ',.0f'):>8} "
+                f"{fmt(s['max_python_workers'], 'd'):>2} {fmt(s['cpu_s'], '.1f'):>7} "
+                f"{fmt(s.get('cpu_python_workers_s'), '.1f'):>7} "
+                f"{fmt(s['load1_mean'], '.2f'):>5} {fmt(s.get('spark_jobs'), 'd'):>4}"
             )
+        if not res["complete"]:
+            print(f"{res['engine']:<7} ** incomplete: {res['error']} **")
 
 
 def add_rates(result: dict, cores: int) -> None:
     for s in result["stages"]:
         ok = s["rows"] is not None and s["seconds"] > 0
         s["rows_per_s_per_core"] = round(s["rows"] / s["seconds"] / cores) if ok else None
+
+
+def _raise_exit(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main() -> int:
@@ -601,7 +687,10 @@ def main() -> int:
     p.add_argument("--max-len", type=int, default=50, help="history length L")
     p.add_argument("--driver-memory", default="4g", help="Spark driver (= executor) heap")
     p.add_argument("--duckdb-memory", default="4GB", help="DuckDB memory_limit (spills beyond)")
-    p.add_argument("--engines", default="spark,duckdb")
+    p.add_argument("--engines", default="duckdb,spark", help="run in this order")
+    p.add_argument(
+        "--timeout", type=float, default=None, help="seconds per engine; keep completed stages"
+    )
     p.add_argument("--json", type=Path, default=OUT_JSON)
     p.add_argument("--child", choices=("spark", "duckdb"), help=argparse.SUPPRESS)
     p.add_argument("--lake", type=Path, help=argparse.SUPPRESS)
@@ -615,12 +704,16 @@ def main() -> int:
         args.result.write_text(json.dumps(result, indent=2) + "\n")
         return 0
 
-    started, load_start = time.perf_counter(), os.getloadavg()
+    signal.signal(signal.SIGTERM, _raise_exit)  # e.g. `timeout`: end the children, clean up
+    started, load_start, loads = time.perf_counter(), os.getloadavg(), LoadSampler()
     tmp = Path(tempfile.mkdtemp(prefix="bench_etl_"))
     try:
         world, meta, gen_s = ensure_world(args, tmp)
         counts = meta.get("counts", {})
-        results = [run_child(e.strip(), args, world, tmp) for e in args.engines.split(",")]
+        loads.start()
+        results = [
+            run_child(e.strip(), args, world, tmp, args.timeout) for e in args.engines.split(",")
+        ]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     load_end = os.getloadavg()
@@ -637,6 +730,7 @@ def main() -> int:
         "cores_used": args.cores,
         "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in load_end],
+        "load1_during_runs": loads.summary(),
         "world": {
             "folder": str(args.world) if args.world else "(temporary)",
             "users": meta.get("config", {}).get("users", args.users),
@@ -649,8 +743,9 @@ def main() -> int:
     }
     if {"spark", "duckdb"} <= by_engine.keys():
         summary["spark_over_duckdb"] = ratios(by_engine["spark"], by_engine["duckdb"])
-        checks = {e: by_engine[e]["check"] for e in ("spark", "duckdb")}
-        summary["checks_match"] = checks["spark"] == checks["duckdb"]
+        checks = {e: by_engine[e].get("check") for e in ("spark", "duckdb")}
+        if all(checks.values()):
+            summary["checks_match"] = checks["spark"] == checks["duckdb"]
     print_table(results)
     for what, r in summary.get("spark_over_duckdb", {}).items():
         print(
@@ -658,10 +753,13 @@ def main() -> int:
             f"({r['spark_stage']} vs {r['duckdb_stage']})"
         )
     for res in results:
-        print(f"{res['engine']} memory: {res['memory']}  check: {res['check']}")
+        print(f"{res['engine']} memory: {res.get('memory')}  check: {res.get('check')}")
     if "checks_match" in summary:
         print(f"Spark and DuckDB agree on rows/sessions/sum(hist_len): {summary['checks_match']}")
-    print(f"load average start {summary['loadavg_start']} end {summary['loadavg_end']}")
+    print(
+        f"load average start {summary['loadavg_start']} end {summary['loadavg_end']}, "
+        f"1-min during runs {summary['load1_during_runs']} ({os.cpu_count()} CPUs)"
+    )
     args.json.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0
