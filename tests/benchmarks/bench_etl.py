@@ -26,7 +26,8 @@ Not run by CI. Steps:
 
 Memory is sampled every 0.5 s in a thread: RSS of the whole process tree per stage (Spark: Python
 driver + JVM + Python workers; the "PSS wk" column counts the workers' pages shared with the
-pyspark daemon once), the processes at the peak, and the Python process's own ``ru_maxrss``.
+pyspark daemon once; JVM forks that have not exec'd a shell command yet are left out, their RSS
+is the JVM's), the processes at the peak, and the Python process's own ``ru_maxrss``.
 CPU seconds of the tree, Spark jobs per stage (job groups) and the 1-minute load average are
 recorded alongside: the machine is shared, so wall times depend on its load (which includes
 this benchmark's own 2 threads).
@@ -123,23 +124,23 @@ class TreeSampler:
                     kind = "workers"
                     rss["workers_pss"] += proc.memory_full_info().pss
                     n_workers += 1
-                else:  # e.g. the spark-submit shell wrapper
-                    kind = "other"
+                else:  # the spark-submit shell wrapper, or a JVM fork (Hadoop shell commands)
+                    kind = "other"  # that has not exec'd yet: its RSS is the JVM's, shared
             except psutil.Error:  # exited between listing and reading
                 continue
-            rss["total"] += mem
             rss[kind] += mem
+            if kind != "other":
+                rss["total"] += mem
             seen.append((f"{kind} {proc.pid} {name}", mem))
             with self.lock:
                 self.cpu_seen[key] = (kind, cpu.user + cpu.system)
         # the tree's memory with the workers' shared pages counted once
         rss["total_pss"] = rss["total"] - rss["workers"] + rss["workers_pss"]
-        del rss["other"]
         load1 = os.getloadavg()[0]
         with self.lock:
             if rss["total"] > self.peak.get("total", 0):
                 self.peak_procs = {k: round(v / MIB, 1) for k, v in seen}
-                self.peak_stage = self.current
+                self.peak_stage = self.current or "(between stages)"
             for k, v in rss.items():
                 self.peak[k] = max(self.peak.get(k, 0), v)
             self.peak["n_workers"] = max(self.peak.get("n_workers", 0), n_workers)
@@ -228,7 +229,7 @@ class TreeSampler:
             "rows": rows,
             "seconds": round(seconds, 2),
             "cpu_s": round(cpu, 1),
-            "cpu_python_workers_s": round(cpu_workers, 1),
+            "cpu_python_workers_s": round(cpu_workers, 1) or 0.0,  # no -0.0
             "peak_rss_mib": round(self.peak.get("total", 0) / MIB, 1),
             "peak_rss_pss_workers_mib": round(self.peak.get("total_pss", 0) / MIB, 1),
             "max_python_workers": self.peak.get("n_workers", 0),
