@@ -3,9 +3,11 @@
 Fast tests check every manifest under infra/k8s against its schema (built-in kinds with the
 schemas kubernetes-validate bundles; KubeRay kinds with infra/k8s/schemas; SparkApplication with
 a schema generated from kubeflow-spark-api, the spark-operator's own API models), that a broken
-copy is rejected, and that the manifests agree with each other and with the job CLIs. Slow tests
-start the real services of infra/local (Spark standalone, a two-node Ray cluster, MLflow) on
-127.0.0.1, use them, stop them and check that every recorded process is gone.
+copy is rejected, and that the manifests agree with each other and with the job CLIs. The slow
+test starts the real services of infra/local once (Spark standalone, a two-node Ray cluster with
+token auth, MLflow) on 127.0.0.1, runs the jobs through them end to end (spark-submit
+jobs/etl.py, ray job submit jobs/train.py, the run and registered model in the MLflow server),
+stops them and checks that every recorded process is gone.
 """
 
 from __future__ import annotations
@@ -697,47 +699,121 @@ def cluster_env(tmp_path):
     return env
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_spark_standalone_cluster(cluster_env, tmp_path):
-    from etl.spark import DELTA_CONF, delta_jar_paths, fetch_jars
+# Every process of the local platform, per script: the PID files infra/local writes.
+SERVICES = {
+    "spark": ("spark-master", "spark-worker"),
+    "ray": ("ray-head", "ray-node"),
+    "mlflow": ("mlflow",),
+}
+# `ray job submit --working-dir` uploads the repository minus what .gitignore lists (.venv,
+# data, .ivy2); these are left out too (.gpu/ is a local scratch folder that only
+# .git/info/exclude hides, which Ray does not read).
+UPLOAD_EXCLUDES = [".git/", ".gpu/", "test-artifacts/", "tests/"]
 
-    master, master_ui, worker, worker_ui = free_ports(4)
+
+def recorded_services(state: Path) -> dict[int, str]:
+    """PID -> start time of every process recorded by the services that came up."""
+    names = [n for names in SERVICES.values() for n in names if (state / f"{n}.pids").exists()]
+    return recorded(state, *names)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3000)
+def test_cluster_modes_end_to_end(cluster_env, tmp_path):
+    """The platform on 127.0.0.1 as infra/README.md describes it: all.sh starts a Spark
+    standalone master + worker, a two-node Ray cluster with token auth and an MLflow server;
+    spark-submit runs jobs/etl.py on the standalone master (world -> Delta lake), `ray job
+    submit` runs jobs/train.py on the Ray cluster (ESMM, 2 Ray Train workers), the run and the
+    registered model land in the MLflow server; all.sh stop ends every recorded process."""
+    from etl.spark import DELTA_CONF, delta_jar_paths, fetch_jars
+    from etl.spec import FeatureSpec
+
+    master, master_ui, worker, worker_ui, gcs, dashboard, client, mlflow_port = free_ports(8)
+    agent_base = free_ports(8, consecutive=True)[0]
     env = {
         **cluster_env,
         "ISREC_SPARK_MASTER_PORT": str(master),
         "ISREC_SPARK_MASTER_UI_PORT": str(master_ui),
         "ISREC_SPARK_WORKER_PORT": str(worker),
         "ISREC_SPARK_WORKER_UI_PORT": str(worker_ui),
+        "ISREC_RAY_PORT": str(gcs),
+        "ISREC_RAY_DASHBOARD_PORT": str(dashboard),
+        "ISREC_RAY_CLIENT_PORT": str(client),
+        "ISREC_RAY_AGENT_PORT_BASE": str(agent_base),
+        "ISREC_RAY_HEAD_WORKER_PORTS": "23000-23499",
+        "ISREC_RAY_NODE_WORKER_PORTS": "23500-23999",
+        "ISREC_RAY_START_ATTEMPTS": "3",
+        "ISREC_MLFLOW_PORT": str(mlflow_port),
     }
     state = Path(env["ISREC_CLUSTER_DIR"])
-    url = f"spark://127.0.0.1:{master}"
+    spark_url = f"spark://127.0.0.1:{master}"
+    ray_url = f"http://127.0.0.1:{dashboard}"
+    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+    bin_dir = Path(sys.executable).parent
+    pids: dict[int, str] = {}
     try:
-        out = run_script("spark.sh", "start", env)
+        # --- 1. the services, started once; a second start changes nothing -------------------
+        out = run_script("all.sh", "start", env, timeout=2400)
         assert out.returncode == 0, out.stdout + out.stderr
-        assert out.stdout.strip().splitlines()[-1] == url
-        again = run_script("spark.sh", "start", env)
-        assert again.returncode == 0 and "already running" in again.stdout
-        assert run_script("spark.sh", "status", env).returncode == 0
-        pids = recorded(state, "spark-master", "spark-worker")
-        assert len(pids) >= 2
+        lines = out.stdout.strip().splitlines()
+        assert {spark_url, ray_url, mlflow_url} <= set(lines), out.stdout
+        pids = recorded_services(state)
+        for service, names in SERVICES.items():
+            assert len(recorded(state, *names)) >= len(names), service
+        again = run_script("all.sh", "start", env)
+        assert again.returncode == 0, again.stdout + again.stderr
+        for service in SERVICES:
+            assert f"[{service}] already running" in again.stdout, again.stdout
+        for service in SERVICES:
+            assert run_script(f"{service}.sh", "status", env).returncode == 0, service
+        assert run_script("all.sh", "status", env).returncode == 0
         assert_loopback_only(pids)
+        for names in SERVICES.values():  # each service listens on loopback itself
+            assert_loopback_only(recorded(state, *names))
 
-        app = tmp_path / "app.py"
-        app.write_text(
-            textwrap.dedent(
-                """
-                import sys
-                from pyspark.sql import SparkSession
+        exports = run_script("all.sh", "env", env).stdout.splitlines()
+        client_env = dict(env)
+        for line in exports:
+            key, value = line.removeprefix("export ").split("=", 1)
+            client_env[key] = value
+        assert client_env["ISREC_SPARK_MASTER"] == spark_url
+        assert client_env["RAY_API_SERVER_ADDRESS"] == ray_url
+        assert client_env["MLFLOW_TRACKING_URI"] == mlflow_url
 
-                spark = SparkSession.builder.appName("isrec-infra-smoke").getOrCreate()
-                spark.range(1000).write.format("delta").mode("overwrite").save(sys.argv[1])
-                rows = spark.read.format("delta").load(sys.argv[1]).count()
-                print(f"RESULT master={spark.sparkContext.master} rows={rows}")
-                spark.stop()
-                """
-            )
+        # MLflow answers; Ray's job API wants the token (mode 600); both Ray nodes on loopback.
+        assert http(f"{mlflow_url}/health") == (200, "OK")
+        token_file = state / "ray" / "auth_token"
+        assert Path(client_env["RAY_AUTH_TOKEN_PATH"]) == token_file
+        assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+        token = token_file.read_text()
+        assert http(f"{ray_url}/api/jobs/")[0] in (401, 403), "job API open without the token"
+        assert http(f"{ray_url}/api/jobs/", token)[0] == 200
+        probe = (
+            "import ray; ray.init(); "
+            "print('NODES', sum(n['Alive'] for n in ray.nodes()), "
+            "sorted({n['NodeManagerAddress'] for n in ray.nodes()}))"
         )
+        submitted = subprocess.run(
+            [str(bin_dir / "ray"), "job", "submit", "--address", ray_url]
+            + ["--", "python", "-c", probe],
+            capture_output=True,
+            text=True,
+            env=client_env,
+            timeout=600,
+        )
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        assert "NODES 2 ['127.0.0.1']" in submitted.stdout, submitted.stdout
+
+        # --- 2. a synthetic world, and the ETL with spark-submit on the standalone master -----
+        raw, lake = tmp_path / "raw", tmp_path / "lake"
+        generated = subprocess.run(
+            [sys.executable, str(ROOT / "jobs" / "generate.py"), "--out", str(raw)]
+            + ["--users", "200", "--days", "3", "--history-days", "1", "--seed", "7"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert generated.returncode == 0, generated.stderr[-3000:]
         jars = delta_jar_paths() if all(p.is_file() for p in delta_jar_paths()) else fetch_jars()
         conf = {
             **DELTA_CONF,
@@ -748,125 +824,92 @@ def test_spark_standalone_cluster(cluster_env, tmp_path):
             "spark.cores.max": "1",
             "spark.pyspark.python": sys.executable,
         }
-        spark_submit = Path(sys.executable).parent / "spark-submit"
-        command = [str(spark_submit), "--master", url, "--jars", ",".join(map(str, jars))]
+        command = [str(bin_dir / "spark-submit"), "--master", client_env["ISREC_SPARK_MASTER"]]
+        command += ["--driver-memory", "1g", "--jars", ",".join(map(str, jars))]
         for key, value in conf.items():
             command += ["--conf", f"{key}={value}"]
-        command += [str(app), str(tmp_path / "delta-table")]
-        result = subprocess.run(
+        command += [str(ROOT / "jobs" / "etl.py"), "--source", "taobao_ad"]
+        command += ["--input", str(raw), "--output", str(lake)]
+        etl = subprocess.run(
             command,
             capture_output=True,
             text=True,
-            timeout=900,
-            env={**env, "SPARK_LOCAL_IP": "127.0.0.1"},
+            timeout=1800,
+            env={**client_env, "SPARK_LOCAL_IP": "127.0.0.1"},
         )
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert f"RESULT master={url} rows=1000" in result.stdout
-        assert (tmp_path / "delta-table" / "_delta_log").is_dir()
-        assert any((state / "spark" / "work").glob("app-*")), "the job ran on the standalone worker"
-    finally:
-        stopped = run_script("spark.sh", "stop", env)
-    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    assert_gone(pids)
-    assert run_script("spark.sh", "status", env).returncode == 3
-    assert not (state / "spark-master.pid").exists()
+        assert etl.returncode == 0, etl.stdout[-3000:] + etl.stderr[-5000:]
+        apps = list((state / "spark" / "work").glob("app-*"))
+        assert apps, "the ETL ran on the standalone worker"
+        spec = FeatureSpec.load(lake)
+        assert (lake / "_feature_spec.json").is_file()
+        assert "samples" in spec.tables
+        assert (lake / "samples" / "_delta_log").is_dir()
+        for split in ("train", "valid", "test"):
+            assert list((lake / "samples").glob(f"split={split}/**/*.parquet")), split
 
-
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
-def test_ray_two_node_cluster(cluster_env):
-    gcs, dashboard, client = free_ports(3)
-    agent_base = free_ports(8, consecutive=True)[0]
-    env = {
-        **cluster_env,
-        "ISREC_RAY_PORT": str(gcs),
-        "ISREC_RAY_DASHBOARD_PORT": str(dashboard),
-        "ISREC_RAY_CLIENT_PORT": str(client),
-        "ISREC_RAY_AGENT_PORT_BASE": str(agent_base),
-        "ISREC_RAY_HEAD_WORKER_PORTS": "23000-23499",
-        "ISREC_RAY_NODE_WORKER_PORTS": "23500-23999",
-        "ISREC_RAY_START_ATTEMPTS": "3",
-    }
-    state = Path(env["ISREC_CLUSTER_DIR"])
-    address = f"http://127.0.0.1:{dashboard}"
-    pids: dict[int, str] = {}
-    try:
-        out = run_script("ray.sh", "start", env, timeout=1500)
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert out.stdout.strip().splitlines()[-1] == address
-        pids = recorded(state, "ray-head", "ray-node")
-        again = run_script("ray.sh", "start", env)
-        assert again.returncode == 0 and "already running" in again.stdout
-        assert_loopback_only(pids)
-
-        token = (state / "ray" / "auth_token").read_text()
-        assert oct((state / "ray" / "auth_token").stat().st_mode & 0o777) == "0o600"
-        assert http(f"{address}/api/jobs/")[0] in (401, 403), "job API open without the token"
-        assert http(f"{address}/api/jobs/", token)[0] == 200
-
-        client_env = dict(env)
-        exports = run_script("ray.sh", "env", env).stdout.splitlines()
-        for line in exports:
-            key, value = line.removeprefix("export ").split("=", 1)
-            client_env[key] = value
-        probe = (
-            "import ray; ray.init(); "
-            "print('NODES', sum(n['Alive'] for n in ray.nodes()), "
-            "sorted({n['NodeManagerAddress'] for n in ray.nodes()}))"
-        )
-        ray_cli = Path(sys.executable).parent / "ray"
+        # --- 3. training with `ray job submit` on the two-node Ray cluster -----------------------
+        job_id = f"isrec-e2e-{os.getpid()}-{master}"
+        runtime_env = {"excludes": UPLOAD_EXCLUDES}
+        train = [str(bin_dir / "ray"), "job", "submit", "--address", ray_url]
+        train += ["--submission-id", job_id, "--working-dir", str(ROOT)]
+        train += ["--runtime-env-json", json.dumps(runtime_env), "--"]
+        train += ["python", "jobs/train.py", "--lake", str(lake), "--model", "esmm"]
+        train += ["--param", "embedding_dim=4", "--param", "tower_hidden=8"]
+        train += ["--num-workers", "2", "--epochs", "1", "--batch-size", "256"]
+        train += ["--max-steps-per-epoch", "4", "--eval-batch-size", "2048", "--log-every", "0"]
+        train += ["--max-failures", "0", "--storage-path", str(tmp_path / "ray_results")]
+        train += ["--tracking-uri", client_env["MLFLOW_TRACKING_URI"]]
+        train += ["--experiment", "isrec-e2e"]
         submitted = subprocess.run(
-            [str(ray_cli), "job", "submit", "--address", address, "--", "python", "-c", probe],
-            capture_output=True,
-            text=True,
-            env=client_env,
-            timeout=600,
+            train, capture_output=True, text=True, env=client_env, timeout=1800
         )
-        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-        assert "NODES 2 ['127.0.0.1']" in submitted.stdout, submitted.stdout
-        assert run_script("ray.sh", "status", env).returncode == 0
+        assert submitted.returncode == 0, submitted.stdout[-6000:] + submitted.stderr[-3000:]
+        code, body = http(f"{ray_url}/api/jobs/{job_id}", token)
+        assert code == 200, body
+        assert json.loads(body)["status"] == "SUCCEEDED", body
+        code, body = http(f"{ray_url}/api/jobs/{job_id}/logs", token)
+        assert code == 200, body
+        job_lines = [line for line in json.loads(body)["logs"].splitlines() if line.strip()]
+        result = json.loads(job_lines[-1])
+        assert result["model"] == "esmm" and result["seeds"] == [0]
+        metrics = result["metrics"]
+        assert metrics["n_rows"] > 0
+        assert 0.0 <= metrics["ctr_auc"] <= 1.0
+        assert metrics["ctr_logloss"] > 0
+
+        # --- 4. the run and the registered model in the MLflow server ---------------------------
+        from mlflow import MlflowClient
+
+        mlflow = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
+        experiment = mlflow.get_experiment_by_name("isrec-e2e")
+        assert experiment is not None
+        runs = mlflow.search_runs([experiment.experiment_id])
+        assert runs and all(r.info.status == "FINISHED" for r in runs)
+        roles = {r.data.tags.get("isrec.role"): r for r in runs}
+        seed_run = roles["seed"]
+        assert seed_run.data.metrics["test_ctr_auc"] == pytest.approx(metrics["ctr_auc"])
+        assert set(roles) == {"comparison", "seed"}
+        assert str(lake) in seed_run.data.tags["isrec.data.samples.path"]
+        assert seed_run.data.tags["isrec.data.samples.version"] == str(spec.tables["samples"])
+        versions = mlflow.search_model_versions("name='isrec-esmm'")
+        assert len(versions) == 1
+        challenger = mlflow.get_model_version_by_alias("isrec-esmm", "challenger")
+        assert challenger.version == versions[0].version
+        assert challenger.run_id in {r.info.run_id for r in runs}
+        # Artifacts went through the server into its own store, not onto the job's disk.
+        assert (state / "mlflow" / "mlflow.db").is_file()
+        assert any((state / "mlflow" / "artifacts").rglob("MLmodel"))
     finally:
-        if not pids and (state / "ray-head.pids").exists():
-            pids = recorded(state, "ray-head", "ray-node")
-        stopped = run_script("ray.sh", "stop", env)
+        if not pids:
+            pids = recorded_services(state)
+        stopped = run_script("all.sh", "stop", env)
         ray_tmp = state / "ray" / "tmp"  # Ray's temp dirs live in /tmp (short socket paths)
         if ray_tmp.is_symlink():
             shutil.rmtree(ray_tmp.resolve(), ignore_errors=True)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert_gone(pids)
-    assert run_script("ray.sh", "status", env).returncode == 3
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_mlflow_server(cluster_env):
-    (port,) = free_ports(1)
-    env = {**cluster_env, "ISREC_MLFLOW_PORT": str(port)}
-    state = Path(env["ISREC_CLUSTER_DIR"])
-    uri = f"http://127.0.0.1:{port}"
-    pids: dict[int, str] = {}
-    try:
-        out = run_script("mlflow.sh", "start", env)
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert out.stdout.strip().splitlines()[-1] == uri
-        pids = recorded(state, "mlflow")
-        assert http(f"{uri}/health") == (200, "OK")
-        again = run_script("mlflow.sh", "start", env)
-        assert again.returncode == 0 and "already running" in again.stdout
-        assert_loopback_only(pids)
-
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=uri)
-        experiment = client.create_experiment("infra-smoke")
-        run = client.create_run(experiment)
-        client.log_metric(run.info.run_id, "auc", 0.75)
-        assert client.get_run(run.info.run_id).data.metrics["auc"] == 0.75
-        assert (state / "mlflow" / "mlflow.db").is_file()
-    finally:
-        if not pids and (state / "mlflow.pids").exists():
-            pids = recorded(state, "mlflow")
-        stopped = run_script("mlflow.sh", "stop", env)
-    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    assert_gone(pids)
-    assert run_script("mlflow.sh", "status", env).returncode == 3
+    for service, names in SERVICES.items():
+        assert run_script(f"{service}.sh", "status", env).returncode == 3, service
+        for name in names:
+            assert not (state / f"{name}.pid").exists(), name
+    assert run_script("all.sh", "status", env).returncode == 3
