@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--chunk-users", type=int, default=DEFAULTS.chunk_users)
     p.add_argument("--ads", type=int, default=None, help="number of ads (default: 2.5 x users)")
+    p.add_argument("--items", type=int, default=None, help="catalog items, ads included (3 x ads)")
+    p.add_argument("--cates", type=int, default=None, help="categories (default: 5 x sqrt(ads))")
+    p.add_argument("--brands", type=int, default=None, help="brands (default: ads / 2)")
     p.add_argument("--page-ad-rate", type=float, default=DEFAULTS.page_ad_rate)
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -62,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         history_days=args.history_days,
         chunk_users=args.chunk_users,
         ads=args.ads,
+        items=args.items,
+        cates=args.cates,
+        brands=args.brands,
         page_ad_rate=args.page_ad_rate,
     )
     try:

@@ -306,3 +306,69 @@ def test_accepts_other_int_and_float_dtypes(
     model = build_model("rnn_mtl", spec, TINY).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(cast)["pctcvr"], model(batch)["pctcvr"])
+
+
+def test_poisson_loss_is_the_exact_nll() -> None:
+    from scipy.stats import poisson
+
+    from train.losses import poisson_loss
+
+    log_rate = torch.tensor([-1.0, 0.0, 0.7, 2.0])
+    counts = torch.tensor([0.0, 3.0, 1.0, 9.0])
+    expected = -poisson.logpmf(counts.numpy(), np.exp(log_rate.numpy())).mean()
+    assert poisson_loss(log_rate, counts).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_rnn_mtl_match_flags_pair_history_with_candidate(spec: FeatureSpec) -> None:
+    from train.models.rnn_mtl import candidate_pairs
+
+    assert candidate_pairs(spec) == [("hist_item", "item"), ("hist_cate", "cate")]
+    with_flags = build_model("rnn_mtl", spec, TINY)
+    without = build_model("rnn_mtl", spec, {**TINY, "match_flags": False})
+    assert with_flags.gru.gru.input_size == without.gru.gru.input_size + 2
+
+
+def test_rnn_mtl_match_flags_learn_identity_match_on_unseen_ids() -> None:
+    """Click = "the candidate's category is the last one viewed", over 5000 categories, so
+    most test categories never occur in training: only the match flag can carry the rule."""
+    from sklearn.metrics import roc_auc_score
+
+    spec = FeatureSpec(
+        source="test",
+        max_len=MAX_LEN,
+        fields=[
+            FieldSpec("cate", "sparse", "cate", 5000),
+            FieldSpec("hist_cate", "sequence", "cate", 5000),
+        ],
+    )
+    rng = np.random.default_rng(0)
+
+    def rows(n: int, lo: int, hi: int) -> dict[str, torch.Tensor]:
+        hist = rng.integers(lo, hi, (n, MAX_LEN))
+        match = rng.random(n) < 0.3
+        cate = np.where(match, hist[:, -1], rng.integers(lo, hi, n))
+        click = rng.random(n) < np.where(cate == hist[:, -1], 0.8, 0.1)
+        out = {"cate": cate, "hist_cate": hist, "hist_len": np.full(n, MAX_LEN)}
+        out = {k: torch.as_tensor(v, dtype=torch.long) for k, v in out.items()}
+        zeros = torch.zeros(n)
+        return out | {
+            "click": torch.as_tensor(click).float(),
+            "conversion": zeros,
+            "n_future_views": zeros,
+        }
+
+    train, test = rows(4096, 2, 2500), rows(2048, 2500, 5000)  # disjoint categories
+    aucs = {}
+    for flags in (True, False):
+        torch.manual_seed(0)
+        model = build_model("rnn_mtl", spec, {**TINY, "match_flags": flags})
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(3):
+            for idx in torch.randperm(4096).split(256):
+                loss = model.loss(model(subset(train, idx)), subset(train, idx))["loss"]
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            aucs[flags] = roc_auc_score(test["click"], model.eval()(test)["pctr"])
+    assert aucs[True] > 0.8 > aucs[False] + 0.1, aucs

@@ -73,6 +73,7 @@ class RNNMTLConfig(ModelConfig):
     gru_layers: int = 1
     packed: bool = True  # pack_padded_sequence (True) or run padded and gather by length
     attention: bool = True  # target attention of the candidate ad over the GRU states
+    match_flags: bool = True  # GRU input: per step, does it match the candidate (same cate, ...)
     attention_hidden: tuple[int, ...] = (32,)  # DIN-style attention MLP
     shared_hidden: tuple[int, ...] = (128,)  # shared bottom above [GRU, attention, embeddings]
     tower_hidden: tuple[int, ...] = (64,)  # each of the CTR, CVR and exploration towers

@@ -72,7 +72,8 @@ def conventional_loss(
 
 
 def poisson_loss(log_rate: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Poisson NLL of counts given a log-rate (without the constant log(k!) term)."""
-    return F.poisson_nll_loss(
-        log_rate.clamp(max=MAX_LOG_RATE), counts.float(), log_input=True, full=False
-    )
+    """Mean Poisson NLL of counts given a log-rate, log(k!) included: >= 0, so train_loss reads
+    as a sum of NLLs (the constant changes no gradient)."""
+    k = counts.float()
+    nll = F.poisson_nll_loss(log_rate.clamp(max=MAX_LOG_RATE), k, log_input=True, full=False)
+    return nll + torch.lgamma(k + 1.0).mean()

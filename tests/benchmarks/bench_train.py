@@ -1,4 +1,4 @@
-"""Training throughput per model: samples/s of Ray Train (DDP, gloo) on 2 CPU workers.
+"""Training throughput per model: samples/s of Ray Train (DDP: gloo on CPU, NCCL on GPU).
 
 Writes a samples-like Delta lake once (local Spark; or pass --lake for an ETL lake), then for
 each model runs train.loop.run_training for a few epochs of at most --steps steps per worker and
@@ -6,6 +6,7 @@ reports the last epoch's training samples/s (all workers together; the first epo
 worker start-up and is left out). Prints a table and writes JSON.
 
     python tests/benchmarks/bench_train.py --rows 200000 --out data/bench/bench_train.json
+    python tests/benchmarks/bench_train.py --lake LAKE --num-workers 1 --use-gpu --loader pyarrow
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--loader", default="petastorm")
+    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, bf16")
     parser.add_argument("--out", default="data/bench/bench_train.json")
     args = parser.parse_args(argv)
 
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             loader=args.loader,
             storage_path=str(Path(folder) / "ray_results"),
             ray_num_cpus=args.num_workers,
+            use_gpu=args.use_gpu,
             log_every=0,
         )
         connect_ray(base)
@@ -92,11 +95,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['model']:<9} {r['samples_per_s']:>10,.0f} {r['first_epoch_samples_per_s']:>12,.0f}"
             f" {r['run_seconds']:>7.1f} {r['test_ctcvr_auc']:>15.4f}"
         )
-    report = {"args": vars(args), "machine": platform.platform(), "results": results}
+    report = {"args": vars(args), "machine": _machine(args.use_gpu), "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")
     return 0
+
+
+def _machine(use_gpu: bool) -> str:
+    import torch
+
+    gpu = f", {torch.cuda.get_device_name(0)}" if use_gpu and torch.cuda.is_available() else ""
+    return f"{platform.platform()}, {platform.processor() or platform.machine()}{gpu}"
 
 
 def bench_model(base: TrainConfig, name: str) -> dict:

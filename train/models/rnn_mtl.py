@@ -2,9 +2,14 @@
 shared by a CTR tower, a CVR tower (ESMM entire-space loss) and an exploration tower that
 predicts the log-rate of further item views in the session (Poisson loss).
 
-The GRU input at each step concatenates the embeddings of every sequence field. Target
-attention uses the candidate ad as query: the sparse fields sharing a vocab with a sequence
-field (``cate`` for ``hist_cate``, name match preferred), else every non-sequence field."""
+The GRU input at each step concatenates the embeddings of every sequence field and, with
+``match_flags``, one 0/1 flag per candidate field: does this step's value equal the candidate's
+(``hist_cate[t] == cate``)? The candidate fields are the sparse fields sharing a vocab with a
+sequence field (``cate`` for ``hist_cate``, name match preferred). Embedding dot products can
+express such an identity match only after every id's embedding has been learned, which the
+long tail of ids never gets; the flag gives the GRU "the user just looked at this category"
+directly, and the recency of that look is what the GRU's order adds. Target attention uses the
+candidate fields as query (else every non-sequence field)."""
 
 from __future__ import annotations
 
@@ -35,7 +40,9 @@ class RNNMTL(BaseModel):
         dim = cfg.embedding_dim
         self.embedding = FeatureEmbedding(spec, dim, cfg.dense_log1p)
         self.context_fields = [f.name for f in spec.fields if f.kind != "sequence"]
-        self.gru = GRUEncoder(len(spec.sequence) * dim, cfg.gru_hidden, cfg.gru_layers, cfg.packed)
+        self.match_pairs = candidate_pairs(spec) if cfg.match_flags else []
+        step_dim = len(spec.sequence) * dim + len(self.match_pairs)
+        self.gru = GRUEncoder(step_dim, cfg.gru_hidden, cfg.gru_layers, cfg.packed)
         shared_in = cfg.gru_hidden + len(self.context_fields) * dim
         self.query_fields: list[str] = []
         if cfg.attention:
@@ -63,7 +70,11 @@ class RNNMTL(BaseModel):
 
     def logits(self, batch: dict[str, torch.Tensor]) -> Logits:
         embs = self.embedding(batch)
-        steps = torch.cat([embs[f.name] for f in self.spec.sequence], dim=-1)  # (B, L, S*D)
+        steps = [embs[f.name] for f in self.spec.sequence]  # S x (B, L, D)
+        for seq, cand in self.match_pairs:
+            hit = (batch[seq] == batch[cand].unsqueeze(1)) & (batch[seq] > 0)
+            steps.append(hit.unsqueeze(-1).to(steps[0].dtype))
+        steps = torch.cat(steps, dim=-1)  # (B, L, S*D + pairs)
         states, last = self.gru(steps, sequence_lengths(batch, self.spec))
         parts = [last] + [embs[n] for n in self.context_fields]
         if self.query_fields:
@@ -73,15 +84,17 @@ class RNNMTL(BaseModel):
         return tuple(self.towers[t](h).squeeze(-1) for t in ("ctr", "cvr", "views"))
 
 
-def candidate_fields(spec: FeatureSpec) -> list[str]:
-    """For each sequence field, the sparse field of the same vocab (name match preferred)."""
-    found: list[str] = []
+def candidate_pairs(spec: FeatureSpec) -> list[tuple[str, str]]:
+    """(sequence field, sparse field of the same vocab) pairs, the name match preferred."""
+    pairs: list[tuple[str, str]] = []
     for seq in spec.sequence:
         same: list[FieldSpec] = [f for f in spec.sparse if f.vocab == seq.vocab]
-        if not same:
-            continue
-        bare = seq.name.removeprefix("hist_")
-        pick = next((f for f in same if f.name == bare), same[0])
-        if pick.name not in found:
-            found.append(pick.name)
-    return found
+        if same:
+            bare = seq.name.removeprefix("hist_")
+            pairs.append((seq.name, next((f for f in same if f.name == bare), same[0]).name))
+    return pairs
+
+
+def candidate_fields(spec: FeatureSpec) -> list[str]:
+    """The candidate side of ``candidate_pairs``, each field once."""
+    return list(dict.fromkeys(cand for _, cand in candidate_pairs(spec)))
