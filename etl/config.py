@@ -44,6 +44,10 @@ class EtlConfig:
     min_files_per_split: int = field(
         default=8, metadata={"help": "samples files per split at least (one shard per worker)"}
     )
+    pass_rows_per_bucket: int = field(
+        default=100_000,
+        metadata={"help": "impressions pass: events + impressions per user bucket (pandas call)"},
+    )
 
     @property
     def gap_seconds(self) -> int:

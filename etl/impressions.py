@@ -1,10 +1,14 @@
-"""Per-user, time-ordered pass that labels impressions and builds their histories.
+"""Time-ordered pass over each user's events and impressions: labels and histories.
 
-One ``cogroup(...).applyInPandas`` per user over the user's events and impressions (never a join
-that multiplies rows): numpy ``searchsorted`` finds, for every impression, the behaviors
-strictly before its timestamp, so no feature can see anything at or after the impression time.
+Users are hashed into buckets (``pmod(xxhash64(user_id), n_buckets)``) and one
+``cogroup(...).applyInPandas`` call per bucket gets the events and impressions of all its users
+(never a join that multiplies rows). A call processes its users at once with numpy: events are
+sorted by (user, ts, btag_rank, item, cate, brand), and ``searchsorted`` on composite
+(user, time rank) keys finds, for every impression, the user's behaviors strictly before its
+timestamp, so no feature can see anything at or after the impression time. Many users per call
+because the fixed Python/Arrow cost of a call dominated when there was one per user.
 
-Rules (DESIGN.md section 2):
+Rules (README "Rules"):
 - session: the session of the last behavior before the impression when it is at most ``gap``
   earlier, else the session of the next behavior when it starts at most ``gap`` later, else none.
 - n_future_views: the user's pv behaviors in that session strictly after the impression time.
@@ -14,32 +18,44 @@ Rules (DESIGN.md section 2):
   brand is null, a buy in the ad's category counts.
 - history: the last ``max_len`` behaviors strictly before the impression, chronological,
   right-padded with 0; time gaps as log2 buckets of minutes.
+
+Histories leave the pandas function as ``max_len`` plain int columns per feature and become
+arrays in Spark (``F.array``): PySpark converts array values from pandas element by element in
+Python, plain columns go to Arrow as they are.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame, GroupedData
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 HISTORY_COLUMNS = ("hist_item", "hist_cate", "hist_brand", "hist_btag", "hist_gap")
 EVENT_CODE_COLUMNS = ("e_item", "e_cate", "e_brand", "e_btag")  # encoded ids on events
 GAP_BUCKETS = 16  # gap ids 2..17: 2 + floor(log2(1 + minutes)), capped
 GAP_VOCAB_SIZE = GAP_BUCKETS + 2
+BUCKETS_PER_PARTITION = 4  # several buckets per shuffle partition even out the hash's skew
+PAIRS_PER_CHUNK = 1 << 22  # (click, buy) pairs matched at once: memory of heavy buyers
+HISTORY_ROWS_PER_CHUNK = 1 << 16  # impressions whose histories are gathered at once
+EVENT_ORDER = ["user_id", "ts", "btag_rank", "item_id", "cate_id", "brand_id"]
 
+SCALAR_OUTPUT = [
+    T.StructField("impression_id", T.LongType(), False),
+    T.StructField("session_id", T.LongType(), True),
+    T.StructField("n_future_views", T.IntegerType(), False),
+    T.StructField("conversion", T.IntegerType(), False),
+    T.StructField("session_events", T.IntegerType(), False),
+    T.StructField("session_seconds", T.LongType(), False),
+    T.StructField("hist_len", T.IntegerType(), False),
+]
 PASS_OUTPUT = T.StructType(
-    [
-        T.StructField("impression_id", T.LongType(), False),
-        T.StructField("session_id", T.LongType(), True),
-        T.StructField("n_future_views", T.IntegerType(), False),
-        T.StructField("conversion", T.IntegerType(), False),
-        T.StructField("session_events", T.IntegerType(), False),
-        T.StructField("session_seconds", T.LongType(), False),
-        T.StructField("hist_len", T.IntegerType(), False),
-    ]
+    SCALAR_OUTPUT
     + [T.StructField(c, T.ArrayType(T.IntegerType(), False), False) for c in HISTORY_COLUMNS]
 )
 
@@ -71,55 +87,146 @@ class PassConfig:
     attribution_seconds: int
     max_len: int
     conversion_match: str  # "item" or "cate_brand"
+    n_buckets: int = 0  # user buckets (pandas calls); 0: BUCKETS_PER_PARTITION per partition
+
+
+def bucket_count(n_rows: int, rows_per_bucket: int, shuffle_partitions: int) -> int:
+    """Buckets of at most ``rows_per_bucket`` rows on average (memory of one pandas call), and
+    at least a few per shuffle partition (parallelism)."""
+    return max(BUCKETS_PER_PARTITION * shuffle_partitions, math.ceil(n_rows / rows_per_bucket))
 
 
 def label_and_history(events: DataFrame, impressions: DataFrame, cfg: PassConfig) -> DataFrame:
-    """Run the per-user pass; returns one PASS_OUTPUT row per impression."""
-
-    def per_user(ev: pd.DataFrame, imp: pd.DataFrame) -> pd.DataFrame:
-        return user_pass(ev, imp, cfg)
-
-    return (
-        events.select(*EVENT_INPUT_COLUMNS)
-        .groupBy("user_id")
-        .cogroup(impressions.select(*IMPRESSION_INPUT_COLUMNS).groupBy("user_id"))
-        .applyInPandas(per_user, schema=PASS_OUTPUT)
+    """Run the pass per user bucket; returns one PASS_OUTPUT row per impression."""
+    n_buckets = cfg.n_buckets or BUCKETS_PER_PARTITION * int(
+        events.sparkSession.conf.get("spark.sql.shuffle.partitions")
     )
+
+    def bucketed(df: DataFrame, columns: tuple[str, ...]) -> GroupedData:
+        # The cast: both sides must hash the same value type to meet in one bucket.
+        bucket = F.pmod(F.xxhash64(F.col("user_id").cast("long")), F.lit(n_buckets))
+        return df.select(*columns).withColumn("_bucket", bucket).groupBy("_bucket")
+
+    def per_bucket(ev: pd.DataFrame, imp: pd.DataFrame) -> pd.DataFrame:
+        return bucket_pass(ev, imp, cfg)
+
+    flat = (
+        bucketed(events, EVENT_INPUT_COLUMNS)
+        .cogroup(bucketed(impressions, IMPRESSION_INPUT_COLUMNS))
+        .applyInPandas(per_bucket, schema=flat_schema(cfg.max_len))
+    )
+    return flat.select(*[f.name for f in SCALAR_OUTPUT], *_history_arrays(cfg.max_len))
+
+
+def flat_schema(max_len: int) -> T.StructType:
+    """bucket_pass's output: the scalar columns, then history slot i of feature c as c_i."""
+    slots = [T.StructField(name, T.IntegerType(), False) for name in _slot_names(max_len).values()]
+    return T.StructType(SCALAR_OUTPUT + slots)
+
+
+def _slot_names(max_len: int) -> dict[tuple[str, int], str]:
+    """(column, slot) -> flat column name, in schema order."""
+    return {(c, i): f"{c}_{i}" for c in HISTORY_COLUMNS for i in range(max_len)}
+
+
+def _history_arrays(max_len: int) -> list[Column]:
+    names = _slot_names(max_len)
+    return [
+        F.array(*[F.col(names[c, i]) for i in range(max_len)]).alias(c) for c in HISTORY_COLUMNS
+    ]
 
 
 def user_pass(ev: pd.DataFrame, imp: pd.DataFrame, cfg: PassConfig) -> pd.DataFrame:
-    """The pass for one user (pure pandas/numpy; unit-testable without Spark)."""
-    if imp.empty:  # a user with behaviors only; typed empty columns keep Arrow happy
-        return pd.DataFrame({f.name: pd.Series([], dtype=object) for f in PASS_OUTPUT.fields})
-    ev = ev.sort_values(
-        ["ts", "btag_rank", "item_id", "cate_id", "brand_id"], na_position="first", kind="stable"
-    ).reset_index(drop=True)
+    """The pass without Spark (pure pandas/numpy, any number of users): PASS_OUTPUT columns,
+    one history array per row."""
+    flat = bucket_pass(ev, imp, cfg)
+    out = flat[[f.name for f in SCALAR_OUTPUT]].copy()
+    names = _slot_names(cfg.max_len)
+    for c in HISTORY_COLUMNS:
+        slots = flat[[names[c, i] for i in range(cfg.max_len)]].to_numpy(np.int32)
+        out[c] = list(slots)
+    return out
+
+
+def bucket_pass(ev: pd.DataFrame, imp: pd.DataFrame, cfg: PassConfig) -> pd.DataFrame:
+    """The pass for the users of one bucket, all at once; flat_schema columns, rows in the
+    order of ``imp``."""
+    if imp.empty:  # a bucket with behaviors only
+        return _empty_flat(cfg.max_len)
+    ev = ev.sort_values(EVENT_ORDER, na_position="first", kind="stable").reset_index(drop=True)
     imp = imp.reset_index(drop=True)
-    ev_ts = ev["ts"].to_numpy(np.int64)
-    imp_ts = imp["ts"].to_numpy(np.int64)
-    before = np.searchsorted(ev_ts, imp_ts, side="left")  # behaviors strictly before
-    upto = np.searchsorted(ev_ts, imp_ts, side="right")  # behaviors at or before
-    session_idx = _attach_session(ev_ts, imp_ts, before, cfg.gap_seconds)
-    out = {"impression_id": imp["impression_id"].to_numpy(np.int64)}
-    out.update(_session_features(ev, ev_ts, imp_ts, before, upto, session_idx))
-    out["conversion"] = _conversions(ev, imp, cfg)
-    out.update(_histories(ev, ev_ts, imp_ts, before, cfg.max_len))
+    keys = _Keys(ev, imp, cfg.attribution_seconds)
+    before = np.searchsorted(keys.ev, keys.imp, side="left")  # behaviors strictly before
+    upto = np.searchsorted(keys.ev, keys.imp, side="right")  # behaviors at or before
+    first = np.searchsorted(keys.ev_user, keys.imp_user, side="left")  # the user's events:
+    end = np.searchsorted(keys.ev_user, keys.imp_user, side="right")  # [first, end)
+    session_idx = _attach_session(keys.ev_ts, keys.imp_ts, before, first, end, cfg.gap_seconds)
+    out: dict[str, object] = {"impression_id": imp["impression_id"].to_numpy(np.int64)}
+    out.update(_session_features(ev, keys, before, upto, session_idx))
+    out["conversion"] = _conversions(ev, imp, keys, cfg)
+    out.update(_histories(ev, keys, before, first, cfg.max_len))
     return pd.DataFrame(out)
 
 
-def _attach_session(ev_ts: np.ndarray, imp_ts: np.ndarray, before: np.ndarray, gap: int):
+def _empty_flat(max_len: int) -> pd.DataFrame:
+    dtypes = {T.LongType(): "int64", T.IntegerType(): "int32"}
+    columns = {f.name: pd.Series([], dtype=dtypes[f.dataType]) for f in flat_schema(max_len)}
+    columns["session_id"] = pd.Series([], dtype="Int64")
+    return pd.DataFrame(columns)
+
+
+class _Keys:
+    """Sort keys for events (sorted by user, then time) and impressions of a bucket.
+
+    ``user code * n_times + time rank`` orders by (user, time) and, since time ranks are dense
+    over the bucket's timestamps (and the attribution window ends), cannot overflow int64.
+    """
+
+    def __init__(self, ev: pd.DataFrame, imp: pd.DataFrame, attribution: int) -> None:
+        ev_uid = ev["user_id"].to_numpy(np.int64)
+        imp_uid = imp["user_id"].to_numpy(np.int64)
+        users = np.unique(np.concatenate([ev_uid, imp_uid]))  # sorted: codes follow user_id
+        self.ev_user = np.searchsorted(users, ev_uid)
+        self.imp_user = np.searchsorted(users, imp_uid)
+        self.ev_ts = ev["ts"].to_numpy(np.int64)
+        self.imp_ts = imp["ts"].to_numpy(np.int64)
+        self._times = np.unique(
+            np.concatenate([self.ev_ts, self.imp_ts, self.imp_ts + attribution])
+        )
+        self.ev = self.key(self.ev_user, self.ev_ts)
+        self.imp = self.key(self.imp_user, self.imp_ts)
+
+    def key(self, user: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Key of (user code, ts); ts must be one of the times given to the constructor."""
+        return user.astype(np.int64) * len(self._times) + np.searchsorted(self._times, ts)
+
+
+def _attach_session(
+    ev_ts: np.ndarray,
+    imp_ts: np.ndarray,
+    before: np.ndarray,
+    first: np.ndarray,
+    end: np.ndarray,
+    gap: int,
+) -> np.ndarray:
     """Index of an event of the impression's session, or -1 when it belongs to none."""
     n = len(ev_ts)
     if n == 0:
         return np.full(len(imp_ts), -1)
     prev = before - 1
-    prev_ok = (prev >= 0) & (imp_ts - ev_ts[np.clip(prev, 0, n - 1)] <= gap)
-    next_ok = (before < n) & (ev_ts[np.clip(before, 0, n - 1)] - imp_ts <= gap)
+    prev_ok = (prev >= first) & (imp_ts - ev_ts[np.clip(prev, 0, n - 1)] <= gap)
+    next_ok = (before < end) & (ev_ts[np.clip(before, 0, n - 1)] - imp_ts <= gap)
     return np.where(prev_ok, prev, np.where(next_ok, before, -1))
 
 
-def _session_features(ev, ev_ts, imp_ts, before, upto, session_idx) -> dict[str, np.ndarray]:
-    n_imp = len(imp_ts)
+def _session_features(
+    ev: pd.DataFrame,
+    keys: _Keys,
+    before: np.ndarray,
+    upto: np.ndarray,
+    session_idx: np.ndarray,
+) -> dict[str, object]:
+    n_imp = len(keys.imp_ts)
     if len(ev) == 0:
         zeros = np.zeros(n_imp, np.int32)
         return {
@@ -129,14 +236,15 @@ def _session_features(ev, ev_ts, imp_ts, before, upto, session_idx) -> dict[str,
             "session_seconds": np.zeros(n_imp, np.int64),
         }
     sessions = ev["session_id"].to_numpy(np.int64)
-    first_idx = _first_index_of_run(sessions)
-    last_idx = _last_index_of_run(sessions)
+    # A session run ends where the session or the user changes (ids may repeat across users).
+    starts = np.r_[True, (sessions[1:] != sessions[:-1]) | (np.diff(keys.ev_user) != 0)]
+    first_idx, last_idx = _run_bounds(starts)
     cum_pv = np.concatenate([[0], np.cumsum(ev["btag"].to_numpy() == "pv")])  # pv in [0, i)
     has = session_idx >= 0
     s = np.where(has, session_idx, 0)
     future = cum_pv[last_idx[s] + 1] - cum_pv[np.maximum(upto, first_idx[s])]
     progress = before - first_idx[s]
-    elapsed = imp_ts - ev_ts[first_idx[s]]
+    elapsed = keys.imp_ts - keys.ev_ts[first_idx[s]]
     return {
         "session_id": pd.Series(sessions[s], dtype="Int64").where(has),
         "n_future_views": np.where(has, np.maximum(future, 0), 0).astype(np.int32),
@@ -145,60 +253,101 @@ def _session_features(ev, ev_ts, imp_ts, before, upto, session_idx) -> dict[str,
     }
 
 
-def _first_index_of_run(values: np.ndarray) -> np.ndarray:
-    """For each position, the index where its run of equal consecutive values starts."""
-    starts = np.r_[True, values[1:] != values[:-1]]
-    return np.maximum.accumulate(np.where(starts, np.arange(len(values)), 0))
+def _run_bounds(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each position, the first and last index of its run (runs begin where starts)."""
+    n = len(starts)
+    idx = np.arange(n)
+    first = np.maximum.accumulate(np.where(starts, idx, 0))
+    ends = np.r_[starts[1:], True]
+    last = np.minimum.accumulate(np.where(ends, idx, n)[::-1])[::-1]
+    return first, last
 
 
-def _last_index_of_run(values: np.ndarray) -> np.ndarray:
-    return (len(values) - 1 - _first_index_of_run(values[::-1]))[::-1]
-
-
-def _conversions(ev: pd.DataFrame, imp: pd.DataFrame, cfg: PassConfig) -> np.ndarray:
+def _conversions(ev: pd.DataFrame, imp: pd.DataFrame, keys: _Keys, cfg: PassConfig) -> np.ndarray:
+    """Per clicked impression, the user's buys in [ts, ts + attribution] (a key range), expanded
+    to (click, buy) pairs and matched: only the pairs in a window, a chunk of them at a time."""
     result = np.zeros(len(imp), np.int32)
-    buys = ev[ev["btag"] == "buy"]
+    buys = np.flatnonzero(ev["btag"].to_numpy() == "buy")
     clicked = np.flatnonzero(imp["click"].to_numpy() == 1)
-    if buys.empty or clicked.size == 0:
+    if buys.size == 0 or clicked.size == 0:
         return result
-    c = imp.iloc[clicked]
-    dt = buys["ts"].to_numpy(np.int64)[None, :] - c["ts"].to_numpy(np.int64)[:, None]
-    in_window = (dt >= 0) & (dt <= cfg.attribution_seconds)
-    if cfg.conversion_match == "item":
-        match = _eq(c["ad_id"], buys["item_id"])
-    else:
-        brand_null = c["brand_id"].isna().to_numpy()[:, None]
-        match = _eq(c["cate_id"], buys["cate_id"]) & (
-            brand_null | _eq(c["brand_id"], buys["brand_id"])
-        )
-    result[clicked] = (in_window & match).any(axis=1)
+    user, ts = keys.imp_user[clicked], keys.imp_ts[clicked]
+    buy_keys = keys.ev[buys]  # sorted: a subsequence of the sorted events
+    lo = np.searchsorted(buy_keys, keys.key(user, ts), side="left")
+    hi = np.searchsorted(buy_keys, keys.key(user, ts + cfg.attribution_seconds), side="right")
+    matches = _matcher(imp.iloc[clicked], ev.iloc[buys], cfg.conversion_match)
+    for part in _chunks(hi - lo, PAIRS_PER_CHUNK):
+        click_at, buy_at = _expand_ranges(lo[part], hi[part])
+        hit = click_at[matches(part[click_at], buy_at)]
+        result[clicked[part]] = np.bincount(hit, minlength=part.size) > 0
     return result
 
 
-def _eq(left: pd.Series, right: pd.Series) -> np.ndarray:
-    """Pairwise equality (len(left), len(right)); nulls never match."""
-    a = left.to_numpy(dtype="float64", na_value=np.nan)[:, None]
-    b = right.to_numpy(dtype="float64", na_value=np.nan)[None, :]
-    return a == b
+def _matcher(clicks: pd.DataFrame, buys: pd.DataFrame, mode: str) -> Callable[..., np.ndarray]:
+    """(click rows, buy rows) -> whether the buy matches the ad; nulls never match, but a null
+    ad brand accepts any brand."""
+    if mode == "item":
+        ad, item = _floats(clicks["ad_id"]), _floats(buys["item_id"])
+        return lambda c, b: ad[c] == item[b]
+    ad_cate, ad_brand = _floats(clicks["cate_id"]), _floats(clicks["brand_id"])
+    cate, brand = _floats(buys["cate_id"]), _floats(buys["brand_id"])
+    any_brand = np.isnan(ad_brand)
+    return lambda c, b: (ad_cate[c] == cate[b]) & (any_brand[c] | (ad_brand[c] == brand[b]))
 
 
-def _histories(ev, ev_ts, imp_ts, before, max_len: int) -> dict[str, np.ndarray]:
-    n_imp = len(imp_ts)
-    hist_len = np.minimum(before, max_len).astype(np.int32)
-    slots = np.arange(max_len)[None, :]
-    pos = (before - hist_len)[:, None] + slots
-    valid = slots < hist_len[:, None]
-    pos = np.where(valid, pos, 0)
+def _floats(values: pd.Series) -> np.ndarray:
+    return values.to_numpy(dtype="float64", na_value=np.nan)  # NaN == anything is False
+
+
+def _chunks(counts: np.ndarray, limit: int) -> list[np.ndarray]:
+    """Consecutive runs of indices whose counts add up to about ``limit`` each."""
+    chunk = np.cumsum(counts) // limit
+    return np.split(np.arange(len(counts)), np.flatnonzero(np.diff(chunk)) + 1)
+
+
+def _expand_ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All (i, j) with lo[i] <= j < hi[i], as two flat arrays."""
+    counts = np.maximum(hi - lo, 0)
+    row = np.repeat(np.arange(len(lo)), counts)
+    offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return row, lo[row] + offset
+
+
+def _histories(
+    ev: pd.DataFrame, keys: _Keys, before: np.ndarray, first: np.ndarray, max_len: int
+) -> dict[str, np.ndarray]:
+    """Slot i of each history feature as column ``<feature>_i``: events [start, before) where
+    start = max(before - max_len, the user's first event), then zeros."""
+    n_imp = len(before)
+    hist_len = np.minimum(before - first, max_len).astype(np.int32)
+    matrices = {c: np.zeros((n_imp, max_len), np.int32) for c in HISTORY_COLUMNS}
+    if len(ev):
+        codes = {
+            col: ev[code].to_numpy(np.int32)
+            for col, code in zip(HISTORY_COLUMNS[:-1], EVENT_CODE_COLUMNS, strict=True)
+        }
+        for start in range(0, n_imp, HISTORY_ROWS_PER_CHUNK):  # bounds the temporaries
+            rows = slice(start, start + HISTORY_ROWS_PER_CHUNK)
+            _fill_histories(matrices, rows, codes, keys, before[rows], hist_len[rows])
     out: dict[str, np.ndarray] = {"hist_len": hist_len}
-    if len(ev) == 0:
-        empty = np.zeros((n_imp, max_len), np.int32)
-        for col in HISTORY_COLUMNS:
-            out[col] = list(empty)
-        return out
-    for col, code in zip(HISTORY_COLUMNS[:-1], EVENT_CODE_COLUMNS, strict=True):
-        ids = ev[code].to_numpy(np.int32)
-        out[col] = list(np.where(valid, ids[pos], 0).astype(np.int32))
-    minutes = np.maximum(imp_ts[:, None] - ev_ts[pos], 0) / 60.0
-    buckets = 2 + np.minimum(np.floor(np.log2(1.0 + minutes)), GAP_BUCKETS - 1)
-    out["hist_gap"] = list(np.where(valid, buckets, 0).astype(np.int32))
+    for (col, i), name in _slot_names(max_len).items():
+        out[name] = matrices[col][:, i]
     return out
+
+
+def _fill_histories(
+    matrices: dict[str, np.ndarray],
+    rows: slice,
+    codes: dict[str, np.ndarray],
+    keys: _Keys,
+    before: np.ndarray,
+    hist_len: np.ndarray,
+) -> None:
+    slots = np.arange(matrices["hist_gap"].shape[1])[None, :]
+    valid = slots < hist_len[:, None]
+    pos = np.where(valid, (before - hist_len)[:, None] + slots, 0)
+    for col, ids in codes.items():
+        matrices[col][rows] = np.where(valid, ids[pos], 0)
+    minutes = np.maximum(keys.imp_ts[rows, None] - keys.ev_ts[pos], 0) / 60.0
+    gap = 2 + np.minimum(np.floor(np.log2(1.0 + minutes)), GAP_BUCKETS - 1)
+    matrices["hist_gap"][rows] = np.where(valid, gap, 0)

@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from etl.config import EtlConfig
-from etl.impressions import PassConfig, label_and_history
+from etl.impressions import PassConfig, bucket_count, label_and_history
 from etl.lake import last_commit, read_table, table_path, write_table
 from etl.samples import (
     SEQUENCE_SOURCE,
@@ -144,10 +144,21 @@ def _build_session_tables(
         "vocab",
         None,
     )
+    n_buckets = bucket_count(
+        summary.rows["events"] + enriched.count(),
+        cfg.pass_rows_per_bucket,
+        int(spark.conf.get("spark.sql.shuffle.partitions")),
+    )
     passed = label_and_history(
         encode_events(events, vocab),
         enriched,
-        PassConfig(cfg.gap_seconds, cfg.attribution_seconds, cfg.max_len, data.conversion_match),
+        PassConfig(
+            cfg.gap_seconds,
+            cfg.attribution_seconds,
+            cfg.max_len,
+            data.conversion_match,
+            n_buckets,
+        ),
     ).persist(StorageLevel.MEMORY_AND_DISK)
     labeled = enriched.join(passed, "impression_id")
     write(labeled.select(*[f.name for f in IMPRESSIONS.fields]), "impressions", ["day"])

@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_impressions import reference_user_pass
 
+import etl.impressions as pass_module
 from etl.impressions import (
     EVENT_INPUT_COLUMNS,
     IMPRESSION_INPUT_COLUMNS,
+    PASS_OUTPUT,
     PassConfig,
     label_and_history,
     user_pass,
@@ -145,3 +148,127 @@ def test_user_with_behaviors_only_yields_no_rows_in_spark(spark):
     imps = impressions([(7, 2000, 10, 5, 1)])
     got = label_and_history(spark.createDataFrame(evs), spark.createDataFrame(imps), CFG).collect()
     assert [r["impression_id"] for r in got] == [7]
+
+
+# --- many users per call ------------------------------------------------------------------------
+STEP = 300  # coarse times: equal timestamps, gaps of exactly GAP and of exactly the window
+WINDOW_CFG = PassConfig(
+    gap_seconds=GAP, attribution_seconds=4 * STEP, max_len=4, conversion_match="cate_brand"
+)
+
+
+def random_events(rng, user: int, n: int) -> pd.DataFrame:
+    """A sessionized user log; session id = session start time, so ids repeat across users."""
+    ts = np.sort(rng.integers(0, 40, n)) * STEP
+    new = np.r_[True, np.diff(ts) > GAP]
+    btag = rng.choice(list(BTAG_RANK), n, p=[0.5, 0.1, 0.1, 0.3])
+    df = pd.DataFrame(
+        {
+            "user_id": user,
+            "ts": ts,
+            "btag_rank": [BTAG_RANK[b] for b in btag],
+            "item_id": np.where(rng.random(n) < 0.2, np.nan, rng.integers(1, 4, n)),
+            "cate_id": rng.integers(1, 4, n),
+            "brand_id": np.where(rng.random(n) < 0.2, np.nan, rng.integers(1, 3, n)),
+            "btag": btag,
+            "session_id": ts[np.maximum.accumulate(np.where(new, np.arange(n), 0))],
+        }
+    )
+    df["e_item"] = df["item_id"].fillna(0).astype(int) + 10
+    df["e_cate"] = df["cate_id"] + 100
+    df["e_brand"] = df["brand_id"].fillna(0).astype(int) + 200
+    df["e_btag"] = df["btag_rank"] + 2
+    return df[list(EVENT_INPUT_COLUMNS)]
+
+
+def random_impressions(rng, user: int, n: int, first_id: int) -> pd.DataFrame:
+    df = pd.DataFrame(
+        {
+            "user_id": user,
+            "impression_id": np.arange(first_id, first_id + n),
+            "ts": rng.integers(0, 40, n) * STEP + rng.choice([0, 0, STEP // 2], n),
+            "ad_id": rng.integers(1, 4, n),
+            "cate_id": rng.integers(1, 4, n),
+            "brand_id": np.where(rng.random(n) < 0.3, np.nan, rng.integers(1, 3, n)),
+            "click": rng.integers(0, 2, n),
+        }
+    )
+    return df[list(IMPRESSION_INPUT_COLUMNS)]
+
+
+def random_world(seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Users with behaviors only, impressions only, or both, on overlapping (interleaved)
+    times; two users whose sessions share an id and sit next to each other in user order."""
+    rng = np.random.default_rng(seed)
+    users = rng.choice(np.arange(3, 1000), 14, replace=False)
+    evs, imps = [], []
+    for k, user in enumerate(users):
+        if k % 5 != 1:
+            evs.append(random_events(rng, user, int(rng.integers(1, 40))))
+        if k % 5 != 0:
+            imps.append(random_impressions(rng, user, int(rng.integers(1, 15)), 100 * k))
+    twins = events([(0, "pv", 1, 1, 0), (STEP, "pv", 1, 1, 0)]).astype({"item_id": float})
+    evs += [twins, twins.assign(user_id=2)]
+    imps.append(impressions([(9000, STEP // 2, 1, 1, 0)]))
+    ev = pd.concat(evs).sample(frac=1.0, random_state=seed)  # arrival order is arbitrary
+    return ev.reset_index(drop=True), pd.concat(imps).reset_index(drop=True)
+
+
+def by_impression(frame: pd.DataFrame) -> dict[int, tuple]:
+    """impression_id -> row, arrays as lists and a missing session as None."""
+    cols = sorted(c for c in frame.columns if c != "impression_id")
+    return {
+        int(row["impression_id"]): tuple(
+            None if np.ndim(row[c]) == 0 and pd.isna(row[c]) else np.atleast_1d(row[c]).tolist()
+            for c in cols
+        )
+        for _, row in frame.iterrows()
+    }
+
+
+def per_user(pass_fn, ev: pd.DataFrame, imp: pd.DataFrame, cfg: PassConfig) -> pd.DataFrame:
+    return pd.concat(
+        [
+            pass_fn(ev[ev["user_id"] == u], imp[imp["user_id"] == u], cfg)
+            for u in imp["user_id"].unique()
+        ]
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("match", ["cate_brand", "item"])
+def test_many_users_at_once_equal_each_user_alone(seed, match):
+    cfg = PassConfig(WINDOW_CFG.gap_seconds, WINDOW_CFG.attribution_seconds, 4, match)
+    ev, imp = random_world(seed)
+    together = by_impression(user_pass(ev, imp, cfg))
+    assert len(together) == len(imp)
+    assert together == by_impression(per_user(user_pass, ev, imp, cfg))
+    assert together == by_impression(per_user(reference_user_pass, ev, imp, cfg))
+    assert sum(row[0][0] for row in together.values()) > 0  # converted (first sorted column)
+
+
+def test_sessions_sharing_an_id_across_users_stay_apart():
+    ev, imp = random_world(0)
+    out = user_pass(ev, imp, WINDOW_CFG).set_index("impression_id").loc[9000]
+    assert out["session_id"] == 0 and out["n_future_views"] == 1  # not the twin user's views
+
+
+def test_chunked_conversions_and_histories_give_the_same_rows(monkeypatch):
+    ev, imp = random_world(4)
+    expected = by_impression(user_pass(ev, imp, WINDOW_CFG))
+    monkeypatch.setattr(pass_module, "PAIRS_PER_CHUNK", 3)
+    monkeypatch.setattr(pass_module, "HISTORY_ROWS_PER_CHUNK", 5)
+    assert by_impression(user_pass(ev, imp, WINDOW_CFG)) == expected
+
+
+def test_behaviors_only_bucket_yields_no_rows():
+    ev, imp = random_world(0)
+    assert user_pass(ev, imp.iloc[:0], WINDOW_CFG).empty
+
+
+def test_spark_buckets_match_pandas(spark):
+    ev, imp = random_world(3)
+    cfg = PassConfig(GAP, WINDOW_CFG.attribution_seconds, 4, "cate_brand", n_buckets=3)
+    got = label_and_history(spark.createDataFrame(ev), spark.createDataFrame(imp), cfg)
+    assert got.schema == PASS_OUTPUT
+    assert by_impression(got.toPandas()) == by_impression(user_pass(ev, imp, cfg))
