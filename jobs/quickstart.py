@@ -218,7 +218,7 @@ def comparison_table(
     rows: dict[str, dict[str, tuple[float, float]]], oracle: dict[str, float] | None
 ) -> str:
     """Mean ± std per model and metric; with an oracle, its row and each model's gap to it."""
-    gap_metrics = ("ctr_auc", "ctcvr_auc") if oracle else ()
+    gap_metrics = ("ctr_auc", "cvr_auc", "ctcvr_auc") if oracle else ()
     header = f"{'model':<9}" + "".join(f"{m:>18}" for m in METRICS)
     header += "".join(f"{'gap ' + m:>16}" for m in gap_metrics)
     lines = [header, "-" * len(header)]

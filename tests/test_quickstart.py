@@ -1,0 +1,85 @@
+"""The README's main command, jobs/quickstart.py (what `make demo` runs), on a tiny world:
+world -> spark-submit ETL -> Ray Train -> MLflow registry -> comparison table with the oracle;
+then a second run that must reuse everything (no new Delta version, no new registry version).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ("esmm", "rnn_mtl")
+
+
+def run_quickstart(data_dir: Path) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        str(ROOT / "jobs" / "quickstart.py"),
+        "--data-dir",
+        str(data_dir),
+        "--users",
+        "200",
+        "--days",
+        "3",
+        "--epochs",
+        "1",
+        "--models",
+        ",".join(MODELS),
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=1500, cwd=ROOT)
+
+
+def table_rows(stdout: str) -> dict[str, list[float]]:
+    """model -> the numbers of its row in the printed comparison table."""
+    rows = {}
+    for line in stdout.splitlines():
+        name, *rest = line.split() or [""]
+        if name in (*MODELS, "oracle"):
+            rows[name] = [float(x) for x in rest if re.fullmatch(r"-?\d+\.\d+", x)]
+    return rows
+
+
+def delta_commits(lake: Path) -> int:
+    return len(list((lake / "samples" / "_delta_log").glob("*.json")))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_quickstart_end_to_end_then_reuse(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    first = run_quickstart(tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = table_rows(first.stdout)
+    assert set(rows) == {*MODELS, "oracle"}, first.stdout
+    for name in MODELS:  # 5 metric means (each followed by "±std") + 3 gaps to the oracle
+        assert len(rows[name]) == 8, first.stdout
+        ctr_auc, gap_ctr = rows[name][0], rows[name][5]
+        assert 0.0 < ctr_auc < 1.0
+        assert gap_ctr == pytest.approx(rows["oracle"][0] - ctr_auc, abs=2e-4)
+    assert "MLflow UI:" in first.stdout and "--host 127.0.0.1" in first.stdout
+
+    lake = next((tmp_path / "lake").iterdir())
+    commits = delta_commits(lake)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    versions = {m: len(client.search_model_versions(f"name='isrec-{m}'")) for m in MODELS}
+    assert versions == dict.fromkeys(MODELS, 1)
+    assert str(client.get_model_version_by_alias("isrec-esmm", "champion").version) == "1"
+
+    second = run_quickstart(tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    for line in (
+        "reusing generated world",
+        "reusing lake",
+        *(f"reusing trained {m}" for m in MODELS),
+    ):
+        assert line in second.stderr, second.stderr[-3000:]
+    assert "ETL: " not in second.stderr  # no spark-submit the second time
+    assert delta_commits(lake) == commits
+    assert {m: len(client.search_model_versions(f"name='isrec-{m}'")) for m in MODELS} == versions
+    assert table_rows(second.stdout) == rows
