@@ -63,7 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seeds", type=int, default=1, help="training seeds per model (mean, std)")
     p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=512, help="rows per step and worker")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (all models)")
     p.add_argument("--max-len", type=int, default=20, help="history length L")
     p.add_argument("--tracking-uri", default=None, help="default: sqlite under --data-dir")
     p.add_argument("--experiment", default="isrec-quickstart")
@@ -180,6 +181,7 @@ def _train_all(args: argparse.Namespace, lake: Path) -> dict[str, dict[str, tupl
             seed=args.seed,
             seeds=args.seeds,
             batch_size=args.batch_size,
+            lr=args.lr,
         )
         key = fingerprint(
             {
