@@ -7,6 +7,14 @@
 # GPU_DIR holds site.tar.xz (Ray 2.55 and the packages Ray Train needs, unpacked onto
 # PYTHONPATH), lake/ (a lake written by jobs/etl.py: samples + feature spec) and lake_path (the
 # absolute path the lake was written at: its Delta manifests name absolute file paths).
+# Building site.tar.xz here (x86-64, for the device's Python 3.12):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d whl ray==2.55.1 \
+#     jsonschema jsonschema-specifications referencing rpds-py pydantic==2.12.5 \
+#     pydantic-core==2.41.5 annotated-types typing-inspection tensorboardX pyarrow-hotfix
+#   unzip every wheel into site/; drop ray/jars, ray/dashboard/client/build, ray/rllib, ray/serve
+#   and *.map; strip ray/_raylet.so and the raylet/gcs_server binaries; tar -cJf site.tar.xz
+#   -C site .  (about 25 MB; the carried tree is limited to 64 MiB)
 # The loader is pyarrow: Petastorm 0.13.1 needs pyarrow < 13, which has no Python 3.12 wheel.
 # Steps: (1) the real job, jobs/train.py --use-gpu (NCCL process group, bf16 autocast) on
 # rnn_mtl; (2) bench_train.py on the GPU for every model; (3) the same on 2 CPU workers (gloo)
