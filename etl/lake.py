@@ -12,9 +12,12 @@ from pathlib import Path
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
+from etl import storage
+
 
 def table_path(lake: str | Path, name: str) -> str:
-    return str(Path(lake) / name)
+    """Where Spark finds table ``name``: a local folder or an ``s3a://`` URI."""
+    return storage.spark_uri(storage.join(lake, name))
 
 
 def write_table(

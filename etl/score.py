@@ -23,6 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from etl import storage
 from etl.lake import read_table, table_path, table_version
 
 log = logging.getLogger(__name__)
@@ -112,19 +113,20 @@ def score_samples(
             "scored_at": F.current_timestamp(),
         }
     )
-    out = Path(output) if output is not None else Path(lake) / "scores"
+    out = storage.spark_uri(output if output is not None else storage.join(lake, "scores"))
     delta_version = write_split(spark, scored, out, split)
-    rows = spark.read.format("delta").load(str(out)).where(F.col("split") == split).count()
+    rows = spark.read.format("delta").load(out).where(F.col("split") == split).count()
     log.info("scored %d rows of split %s with %s into %s", rows, split, resolved, out)
     return ScoreResult(str(out), split, rows, delta_version, resolved, model_version, version)
 
 
-def write_split(spark: SparkSession, df: DataFrame, output: Path, split: str) -> int:
+def write_split(spark: SparkSession, df: DataFrame, output: str, split: str) -> int:
     """Overwrite the ``split`` partition of the Delta table at ``output`` in one commit."""
     from delta.tables import DeltaTable
 
     from etl.lake import write_table
 
-    exists = DeltaTable.isDeltaTable(spark, str(output))
+    exists = DeltaTable.isDeltaTable(spark, output)
     where = f"split = '{split}'" if exists else None
-    return write_table(df, output.parent, output.name, ["split"], replace_where=where)
+    parent, name = storage.parent_and_name(output)
+    return write_table(df, parent, name, ["split"], replace_where=where)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from etl.storage import s3_endpoint
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +28,16 @@ DELTA_PACKAGE = f"io.delta:delta-spark_{SCALA_BINARY}:{DELTA_VERSION}"
 DELTA_JAR_NAMES = (
     f"io.delta_delta-spark_{SCALA_BINARY}-{DELTA_VERSION}.jar",
     f"io.delta_delta-storage-{DELTA_VERSION}.jar",
+)
+
+# Hadoop's S3 connector for s3a:// lakes, matching the Hadoop 3.3.4 client inside pyspark 3.5
+# (its jars/hadoop-client-api-3.3.4.jar); hadoop-aws 3.3.4 depends on exactly these two.
+HADOOP_VERSION = "3.3.4"
+S3A_PACKAGE = f"org.apache.hadoop:hadoop-aws:{HADOOP_VERSION}"
+S3A_JAR_NAMES = (
+    f"org.apache.hadoop_hadoop-aws-{HADOOP_VERSION}.jar",
+    "com.amazonaws_aws-java-sdk-bundle-1.12.262.jar",
+    "org.wildfly.openssl_wildfly-openssl-1.0.7.Final.jar",
 )
 
 DELTA_CONF = {
@@ -60,6 +72,36 @@ def delta_jars_present() -> bool:
     return all(p.is_file() for p in delta_jar_paths())
 
 
+def jar_paths(object_store: bool = False) -> list[Path]:
+    """The cached jars a session needs: Delta, plus the S3A connector for object stores."""
+    names = DELTA_JAR_NAMES + (S3A_JAR_NAMES if object_store else ())
+    return [ivy_dir() / "jars" / name for name in names]
+
+
+def packages(object_store: bool = False) -> list[str]:
+    return [DELTA_PACKAGE, *([S3A_PACKAGE] if object_store else [])]
+
+
+def s3a_conf() -> dict[str, str]:
+    """S3A settings from the environment the pyarrow side reads too (see etl/storage.py).
+
+    Credentials come from S3A's default chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
+    instance roles). A custom endpoint (MinIO, SeaweedFS, Ceph) gets path-style addressing.
+    """
+    conf: dict[str, str] = {}
+    endpoint = s3_endpoint()
+    if endpoint:
+        conf["spark.hadoop.fs.s3a.endpoint"] = endpoint
+        conf["spark.hadoop.fs.s3a.path.style.access"] = "true"
+        conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(
+            endpoint.startswith("https://")
+        ).lower()
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        conf["spark.hadoop.fs.s3a.endpoint.region"] = region
+    return conf
+
+
 def _running_under_spark_submit() -> bool:
     # spark-submit starts the JVM first and hands its gateway to the Python driver.
     return "PYSPARK_GATEWAY_PORT" in os.environ
@@ -69,23 +111,26 @@ def get_spark(
     app_name: str = "isrec",
     master: str | None = None,
     extra_conf: dict[str, str] | None = None,
+    object_store: bool = False,
 ) -> SparkSession:
-    """Return a SparkSession with Delta configured.
+    """Return a SparkSession with Delta configured (and S3A for ``object_store`` lakes).
 
-    Outside spark-submit: ``local[*]`` (or ``master``) with the cached Delta jars, resolving them
+    Outside spark-submit: ``local[*]`` (or ``master``) with the cached jars, resolving them
     from Maven Central on first use. Under spark-submit: the submitted master and jars are kept.
     """
     builder = SparkSession.builder.appName(app_name)
-    conf = {**DELTA_CONF, **LOCAL_CONF, **(extra_conf or {})}
+    conf = {**DELTA_CONF, **LOCAL_CONF, **s3a_conf(), **(extra_conf or {})}
     if not _running_under_spark_submit():
         # Python workers must run this interpreter (the venv), not whatever python3 is on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.master(master or os.environ.get("ISREC_SPARK_MASTER", "local[*]"))
-        if delta_jars_present():
-            conf["spark.jars"] = ",".join(str(p) for p in delta_jar_paths())
+        jars = jar_paths(object_store)
+        if all(p.is_file() for p in jars):
+            conf["spark.jars"] = ",".join(str(p) for p in jars)
         else:
-            log.info("resolving %s into %s (first run only)", DELTA_PACKAGE, ivy_dir())
-            conf["spark.jars.packages"] = DELTA_PACKAGE
+            wanted = ",".join(packages(object_store))
+            log.info("resolving %s into %s (first run only)", wanted, ivy_dir())
+            conf["spark.jars.packages"] = wanted
             conf["spark.jars.ivy"] = str(ivy_dir())
     for key, value in conf.items():
         builder = builder.config(key, value)
@@ -110,23 +155,29 @@ def _check_delta_loaded(spark: SparkSession) -> None:
         ) from exc
 
 
-def fetch_jars() -> list[Path]:
-    """Resolve the Delta jars once (Spark's Ivy resolver, Maven Central) and report their paths."""
-    if not delta_jars_present():
-        spark = get_spark("isrec-fetch-jars", master="local[1]")
+def fetch_jars(object_store: bool = False) -> list[Path]:
+    """Resolve the jars once (Spark's Ivy resolver, Maven Central) and report their paths."""
+    jars = jar_paths(object_store)
+    if not all(p.is_file() for p in jars):
+        spark = get_spark("isrec-fetch-jars", master="local[1]", object_store=object_store)
         spark.stop()
-    missing = [str(p) for p in delta_jar_paths() if not p.is_file()]
+    missing = [str(p) for p in jars if not p.is_file()]
     if missing:
-        raise SystemExit(f"error: Delta jars not found after resolution: {', '.join(missing)}")
-    return delta_jar_paths()
+        raise SystemExit(f"error: jars not found after resolution: {', '.join(missing)}")
+    return jars
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Delta jar helper")
     parser.add_argument("--fetch-jars", action="store_true", help="resolve the Delta jars once")
+    parser.add_argument(
+        "--object-store",
+        action="store_true",
+        help=f"also resolve the S3A connector ({S3A_PACKAGE}, ~280 MB) for s3a:// lakes",
+    )
     args = parser.parse_args(argv)
     if args.fetch_jars:
-        for path in fetch_jars():
+        for path in fetch_jars(args.object_store):
             print(path)
     return 0
 

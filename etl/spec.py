@@ -7,11 +7,11 @@ Fields that share a ``vocab`` share one embedding table (e.g. ``cate`` and ``his
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from etl import storage
 
 SPEC_FILE = "_feature_spec.json"
 FieldKind = Literal["sparse", "dense", "sequence"]
@@ -73,21 +73,17 @@ class FeatureSpec:
         raw["fields"] = [FieldSpec(**f) for f in raw["fields"]]
         return cls(**raw)
 
-    def save(self, lake: str | Path) -> Path:
-        """Write atomically (temp file + rename) so a crash never leaves half a spec."""
-        path = Path(lake) / SPEC_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".spec-")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.to_json())
-        os.replace(tmp, path)
-        return path
+    def save(self, lake: str | Path) -> str:
+        """Write the spec beside the tables, whole or not at all (see ``storage.write_text``)."""
+        return storage.write_text(storage.join(lake, SPEC_FILE), self.to_json())
 
     @classmethod
     def load(cls, lake: str | Path) -> FeatureSpec:
-        path = Path(lake) / SPEC_FILE
-        if not path.is_file():
+        path = storage.join(lake, SPEC_FILE)
+        try:
+            text = storage.read_text(path)
+        except FileNotFoundError:
             raise FileNotFoundError(
                 f"no feature spec at {path}: run jobs/etl.py on this lake first"
-            )
-        return cls.from_json(path.read_text())
+            ) from None
+        return cls.from_json(text)

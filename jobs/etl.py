@@ -31,10 +31,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cfg, master: str | None) -> int:
+    from etl import storage
     from etl.pipeline import run_etl
     from etl.spark import get_spark
 
-    spark = get_spark("isrec-etl", master=master)
+    object_store = any(storage.scheme(p) in storage.S3_SCHEMES for p in (cfg.input, cfg.output))
+    spark = get_spark("isrec-etl", master=master, object_store=object_store)
     summary = run_etl(spark, cfg)
     print("\n".join(summary.lines()))
     return 0

@@ -45,12 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     args = parse_args(argv)
+    from etl import storage
     from etl.score import score_samples
     from etl.spark import get_spark
     from train.tracking import configure
 
     configure(args.tracking_uri)
-    spark = get_spark("isrec-score")
+    places = (args.lake, args.output or "")
+    object_store = any(storage.scheme(p) in storage.S3_SCHEMES for p in places)
+    spark = get_spark("isrec-score", object_store=object_store)
     try:
         result = score_samples(
             spark,

@@ -59,11 +59,11 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs
 import pyarrow.parquet as pq
 import pyarrow_hotfix  # noqa: F401  (CVE-2023-47248 for pyarrow < 14.0.1)
 import torch
 
+from etl import storage
 from etl.spec import FeatureSpec
 
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?")
@@ -90,10 +90,12 @@ class SnapshotError(RuntimeError):
 
 
 # --- snapshot -----------------------------------------------------------------------------------
-def latest_delta_version(table_dir: str | Path) -> tuple[int, Path]:
+def latest_delta_version(table_dir: str | Path) -> tuple[int, str]:
     """Highest committed version of a Delta table and its commit file (file names only)."""
-    log_dir = Path(table_dir) / "_delta_log"
-    commits = [(int(m.group(1)), p) for p in _listdir(log_dir) if (m := _COMMIT.match(p.name))]
+    log_dir = storage.join(table_dir, "_delta_log")
+    commits = [
+        (int(m.group(1)), p) for p in storage.list_dir(log_dir) if (m := _COMMIT.match(_name(p)))
+    ]
     if not commits:
         raise SnapshotError(f"no Delta table at {table_dir} (no _delta_log commits): run the ETL")
     return max(commits)
@@ -102,31 +104,35 @@ def latest_delta_version(table_dir: str | Path) -> tuple[int, Path]:
 def snapshot_files(
     lake: str | Path, split: str, spec: FeatureSpec | None = None, table: str = SAMPLES
 ) -> list[str]:
-    """Sorted file URIs (file:///...) of ``split`` in the current Delta version of ``table``."""
-    table_dir = Path(lake) / table
+    """Sorted file URIs (file:///..., s3://...) of ``split`` in the current version of ``table``.
+
+    ``lake`` is a local folder or an object-store URI (etl/storage.py)."""
+    table_dir = storage.join(lake, table)
     version, commit = latest_delta_version(table_dir)
     spec = spec if spec is not None else FeatureSpec.load(lake)
     _check_spec_version(spec, table, version, table_dir)
-    manifests = sorted((table_dir / MANIFEST_DIR / f"split={split}").glob("**/manifest"))
+    split_dir = storage.join(table_dir, MANIFEST_DIR, f"split={split}")
+    manifests = [m for m in storage.list_dir(split_dir, recursive=True) if _name(m) == "manifest"]
     if not manifests:
         raise SnapshotError(
-            f"no symlink manifest for split={split} under {table_dir / MANIFEST_DIR}: "
+            f"no symlink manifest for split={split} under {storage.join(table_dir, MANIFEST_DIR)}: "
             'run DeltaTable.forPath(spark, path).generate("symlink_format_manifest")'
         )
-    stale = [m for m in manifests if m.stat().st_mtime < commit.stat().st_mtime]
+    committed = storage.mtime_ns(commit)
+    stale = [m for m in manifests if storage.mtime_ns(m) < committed]
     if stale:
         raise SnapshotError(
             f"symlink manifest {stale[0]} is older than Delta version {version} of {table_dir}: "
             "regenerate the manifest after the write"
         )
-    files = sorted({_normalize_uri(line) for m in manifests for line in _lines(m)})
-    missing = [f for f in files if f.startswith("file://") and not Path(_local(f)).is_file()]
+    files = sorted({storage.arrow_uri(_decode(line)) for m in manifests for line in _lines(m)})
+    missing = [f for f in files if f.startswith("file://") and not storage.is_file(f)]
     if missing:
         raise SnapshotError(f"manifest of {table_dir} lists missing file {missing[0]}")
     return files
 
 
-def _check_spec_version(spec: FeatureSpec, table: str, version: int, table_dir: Path) -> None:
+def _check_spec_version(spec: FeatureSpec, table: str, version: int, table_dir: str) -> None:
     recorded = spec.tables.get(table)
     if recorded is None:
         raise SnapshotError(f"the feature spec records no version of {table!r}: rerun the ETL")
@@ -137,32 +143,24 @@ def _check_spec_version(spec: FeatureSpec, table: str, version: int, table_dir: 
         )
 
 
-def _listdir(folder: Path) -> list[Path]:
-    return list(folder.iterdir()) if folder.is_dir() else []
+def _name(location: str) -> str:
+    return location.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+def _lines(location: str) -> list[str]:
+    return [line.strip() for line in storage.read_text(location).splitlines() if line.strip()]
 
 
-def _normalize_uri(uri: str) -> str:
-    """Manifest URIs (file:/x, s3a://b/x) -> what pyarrow and Petastorm open (file:///x, s3://)."""
+def _decode(uri: str) -> str:
+    """Manifest entries are escaped Hadoop URIs (file:/x%20y, s3a://b/x%20y): unescape."""
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
-        return "file://" + unquote(parsed.path)
-    if parsed.scheme in ("s3a", "s3n"):
-        return "s3://" + uri.split("://", 1)[1]
-    return uri
-
-
-def _local(uri: str) -> str:
-    return uri[len("file://") :] if uri.startswith("file://") else uri
+        return unquote(parsed.path)
+    return f"{parsed.scheme}://{parsed.netloc}{unquote(parsed.path)}"
 
 
 def _open_parquet(uri: str) -> pq.ParquetFile:
-    if uri.startswith("file://"):
-        return pq.ParquetFile(_local(uri))
-    filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+    filesystem, path = storage.filesystem(uri)
     return pq.ParquetFile(filesystem.open_input_file(path))
 
 
@@ -349,6 +347,7 @@ def _petastorm_chunks(loader: ShardLoader, columns: list[str]) -> Iterator[Chunk
             seed=loader.reader_seed if loader.shuffle else None,  # a seed reorders shards too
             cur_shard=loader.shard if sharded else None,
             shard_count=plan.num_shards if sharded else None,
+            filesystem=_petastorm_filesystem(plan.files),
         )
         try:  # not `with reader`: its __exit__ prints "Cache cleanup complete." to stdout
             for row_group in reader:
@@ -358,6 +357,20 @@ def _petastorm_chunks(loader: ShardLoader, columns: list[str]) -> Iterator[Chunk
             reader.join()
 
     return _prefetch(read, depth=PREFETCH)
+
+
+def _petastorm_filesystem(files: list[str]):
+    """Object-store snapshots: s3fs on our endpoint (etl/storage.py) in pyarrow's legacy
+    S3FSWrapper. Petastorm 0.13 builds a legacy ParquetDataset, which pyarrow 12 only does for a
+    legacy filesystem: with Petastorm's own (bare s3fs) one it fails on 'validate_schema'.
+    Local files: None (Petastorm's own resolver)."""
+    if not files or files[0].startswith("file://"):
+        return None
+    from pyarrow.filesystem import S3FSWrapper
+
+    with warnings.catch_warnings():  # pyarrow.filesystem is deprecated; Petastorm needs it
+        warnings.simplefilter("ignore", FutureWarning)
+        return S3FSWrapper(storage.s3fs_filesystem())
 
 
 def _pyarrow_chunks(loader: ShardLoader, columns: list[str]) -> Iterator[Chunk]:

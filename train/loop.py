@@ -33,12 +33,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from etl import storage
 from etl.spec import FeatureSpec
 from train.data import (
     MANIFEST_DIR,
@@ -140,7 +140,7 @@ def preflight(cfg: TrainConfig) -> Prepared:
     _check_model(cfg, spec)
     files = _snapshot(lake, spec)
     name = cfg.name or f"{cfg.model}-{datetime.now():%Y%m%d-%H%M%S}-s{cfg.seed}"
-    predictions = _join(cfg.storage_path, name, "predictions", "test.parquet")
+    predictions = storage.join(cfg.storage_path, name, "predictions", "test.parquet")
     return Prepared(spec, files, name, predictions)
 
 
@@ -155,18 +155,23 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise ConfigError("--patience, --max-failures and --max-steps-per-epoch must be >= 0")
 
 
-def _check_lake(lake: str) -> Path:
+def _check_lake(lake: str) -> str:
+    """The lake location (folder or object-store URI) if it holds a samples table."""
     if not lake:
-        raise ConfigError("no lake given: pass --lake <folder written by jobs/etl.py>")
-    path = Path(lake)
-    if not path.is_dir():
+        raise ConfigError("no lake given: pass --lake <folder or URI written by jobs/etl.py>")
+    try:
+        found = storage.is_dir(lake)
+        has_samples = found and storage.is_dir(storage.join(lake, SAMPLES, "_delta_log"))
+    except OSError as exc:  # unreachable store, bad credentials, no such bucket
+        raise ConfigError(f"cannot read lake {lake}: {exc}".splitlines()[0]) from None
+    if not found:
         raise ConfigError(f"lake {lake} does not exist: run jobs/etl.py --output {lake} first")
-    if not (path / SAMPLES / "_delta_log").is_dir():
+    if not has_samples:
         raise ConfigError(f"lake {lake} has no {SAMPLES} Delta table: run jobs/etl.py on it first")
-    return path
+    return lake
 
 
-def _load_spec(lake: Path) -> FeatureSpec:
+def _load_spec(lake: str) -> FeatureSpec:
     try:
         return FeatureSpec.load(lake)
     except FileNotFoundError as exc:
@@ -207,9 +212,10 @@ def dummy_batch(spec: FeatureSpec, rows: int = 2) -> dict[str, torch.Tensor]:
     return batch
 
 
-def _snapshot(lake: Path, spec: FeatureSpec) -> dict[str, list[str]]:
-    manifests = lake / SAMPLES / MANIFEST_DIR
-    wanted = [s for s in SPLITS if spec.splits.get(s) or (manifests / f"split={s}").is_dir()]
+def _snapshot(lake: str, spec: FeatureSpec) -> dict[str, list[str]]:
+    manifests = storage.join(lake, SAMPLES, MANIFEST_DIR)
+    listed = [s for s in SPLITS if storage.is_dir(storage.join(manifests, f"split={s}"))]
+    wanted = [s for s in SPLITS if spec.splits.get(s) or s in listed]
     if "train" not in wanted:
         raise ConfigError(f"lake {lake} has no train split in its samples manifest or spec")
     try:
@@ -219,10 +225,6 @@ def _snapshot(lake: Path, spec: FeatureSpec) -> dict[str, list[str]]:
     if not files["train"]:
         raise ConfigError(f"the train split of {lake} has no files")
     return files
-
-
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if "://" in base else str(Path(base, *parts))
 
 
 # --- Ray (driver) -------------------------------------------------------------------------------
@@ -602,14 +604,9 @@ def _check_complete(rows: dict[str, np.ndarray], expected: int, split: str) -> N
 
 
 def _write_predictions(rows: dict[str, np.ndarray], path: str) -> None:
-    table = pa.table(rows)
-    if "://" in path:
-        filesystem, target = pyarrow.fs.FileSystem.from_uri(path)
-        filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(table, target, filesystem=filesystem)
-    else:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path)
+    filesystem, target = storage.filesystem(path)
+    filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(pa.table(rows), target, filesystem=filesystem)
 
 
 # --- early stopping and checkpoints ---------------------------------------------------------------

@@ -48,10 +48,12 @@ from urllib.parse import unquote
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from etl import storage
 from etl.spec import FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -140,13 +142,13 @@ def lineage_tables(
     reads = []
     for name, value in sorted(entries.items()):
         info = value if isinstance(value, Mapping) else {"version": value}
-        path = str(info.get("path") or Path(lake) / name)
-        reads.append(TableRead(name, str(Path(path).resolve()), int(info["version"])))
+        path = str(info.get("path") or storage.join(lake, name))
+        reads.append(TableRead(name, _absolute(path), int(info["version"])))
     return reads
 
 
 def log_lineage(lake: str | Path, reads: list[TableRead], spec: FeatureSpec) -> None:
-    params = {"data.lake": str(Path(lake).resolve()), "data.source": spec.source}
+    params = {"data.lake": _absolute(lake), "data.source": spec.source}
     params |= {"data.max_len": spec.max_len, "data.fields": ",".join(f.name for f in spec.fields)}
     tags = {}
     for r in reads:
@@ -172,26 +174,36 @@ def _log_inputs(reads: list[TableRead]) -> None:
         mlflow.log_input(dataset, context="training", tags=tags)
 
 
-def delta_files(table: str | Path, version: int | None = None) -> list[Path]:
-    """Data files of a Delta table at ``version`` (latest when None), read from its log."""
-    log_dir = Path(table) / "_delta_log"
-    commits = {int(p.stem): p for p in log_dir.glob("*.json") if p.stem.isdigit()}
-    checkpoints = {int(p.name.split(".")[0]): p for p in log_dir.glob("*.checkpoint.parquet")}
+def _absolute(path: str | Path) -> str:
+    return str(path) if storage.is_uri(path) else str(Path(path).resolve())
+
+
+def delta_files(table: str | Path, version: int | None = None) -> list[str]:
+    """Data files of a Delta table at ``version`` (latest when None), read from its log.
+
+    ``table`` is a local folder or an object-store URI (etl/storage.py)."""
+    entries = storage.list_dir(storage.join(table, "_delta_log"))
+    names = {e.rsplit("/", 1)[-1]: e for e in entries}
+    commits = {int(n[:-5]): e for n, e in names.items() if n.endswith(".json") and n[:-5].isdigit()}
+    checkpoints = {
+        int(n.split(".")[0]): e for n, e in names.items() if n.endswith(".checkpoint.parquet")
+    }
     last = max(commits) if commits else -1
     target = last if version is None else version
     start = max((v for v in checkpoints if v <= target), default=-1)
     active: dict[str, None] = {}
     if start >= 0:
-        adds = pd.read_parquet(checkpoints[start], columns=["add"])["add"].dropna()
+        fs, inner = storage.filesystem(checkpoints[start])
+        adds = pq.read_table(inner, columns=["add"], filesystem=fs).to_pandas()["add"].dropna()
         active = dict.fromkeys(a["path"] for a in adds)
     for v in sorted(c for c in commits if start < c <= target):
-        for line in commits[v].read_text().splitlines():
+        for line in storage.read_text(commits[v]).splitlines():
             action = json.loads(line)
             if "add" in action:
                 active[action["add"]["path"]] = None
             elif "remove" in action:
                 active.pop(action["remove"]["path"], None)
-    return [Path(table) / unquote(p) for p in active]
+    return [storage.join(table, unquote(p)) for p in active]
 
 
 def read_sample_rows(
@@ -200,7 +212,8 @@ def read_sample_rows(
     """A few real rows of the samples table (model inputs only), without Spark."""
     cols = [f.name for f in spec.fields] + ([spec.length_field] if spec.sequence else [])
     for file in delta_files(table, version):
-        frame = pd.read_parquet(file, columns=cols)
+        fs, inner = storage.filesystem(file)
+        frame = pq.read_table(inner, columns=cols, filesystem=fs).to_pandas()
         if len(frame):
             return frame.head(n)
     raise FileNotFoundError(f"no rows in Delta table {table} (version {version})")
