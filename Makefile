@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint jars clean
+.PHONY: install demo test lint jars tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,16 @@ install: $(STAMP) jars
 jars: $(STAMP)
 	$(PY) -m etl.spark --fetch-jars
 
+# What the object-store tests need: the S3A jars (~280 MB) and SeaweedFS, built once from the
+# Go module proxy (~10 min on 2 cores) into ~/.cache/isrec/tools.
+tools: $(STAMP)
+	$(PY) -m etl.spark --fetch-jars --object-store
+	infra/local/s3.sh install
+
 demo: install
 	$(PY) jobs/quickstart.py
 
-test: install
+test: install tools
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests
 

@@ -170,3 +170,20 @@ def write_text(path: str | Path, text: str) -> str:
         fh.write(text)
     os.replace(tmp, target)
     return str(target)
+
+
+def localize(path: str | Path, folder: str | Path) -> str:
+    """A local copy of a file or folder for code that needs one (nothing copied when local)."""
+    if not is_uri(path):
+        return local_path(path)
+    fs, inner = filesystem(path)
+    found = fs.get_file_info(inner)
+    if found.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"nothing at {path}")
+    target = os.path.join(str(folder), inner.rstrip("/").rsplit("/", 1)[-1])
+    if found.type == pafs.FileType.File:
+        pafs.copy_files(inner, target, source_filesystem=fs)
+    else:
+        os.makedirs(target, exist_ok=True)
+        pafs.copy_files(inner, target, source_filesystem=fs, destination_filesystem=None)
+    return target

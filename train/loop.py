@@ -287,7 +287,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         ),
         run_config=RunConfig(
             name=prepared.name,
-            storage_path=cfg.storage_path,
+            **_ray_storage(cfg.storage_path),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.keep_checkpoints or None,
@@ -299,6 +299,22 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     log.info("training %s on %s with %d workers", cfg.model, cfg.lake, cfg.num_workers)
     result = trainer.fit()
     return _train_result(result, cfg, prepared)
+
+
+def _ray_storage(storage_path: str) -> dict[str, Any]:
+    """Ray Train storage arguments: object-store URIs go through our S3 filesystem, which
+    honours AWS_ENDPOINT_URL_S3 (pyarrow 12, which Ray would use on its own, does not)."""
+    if storage.scheme(storage_path) not in storage.S3_SCHEMES:
+        return {"storage_path": storage_path}
+    filesystem, inner = storage.filesystem(storage_path)
+    return {"storage_path": inner, "storage_filesystem": filesystem}
+
+
+def _location(storage_path: str, ray_path: str) -> str:
+    """A Ray Train path as a location anyone can open: inside an object store, its URI."""
+    if storage.scheme(storage_path) in storage.S3_SCHEMES and not storage.is_uri(ray_path):
+        return "s3://" + ray_path.lstrip("/")
+    return ray_path
 
 
 def _train_result(result: Any, cfg: TrainConfig, prepared: Prepared) -> TrainResult:
@@ -314,10 +330,10 @@ def _train_result(result: Any, cfg: TrainConfig, prepared: Prepared) -> TrainRes
     return TrainResult(
         test_metrics=test,
         history=state["history"],
-        best_checkpoint_path=result.checkpoint.path,
+        best_checkpoint_path=_location(cfg.storage_path, result.checkpoint.path),
         predictions_path=prepared.predictions_path if "test" in prepared.files else None,
         config=cfg,
-        run_path=str(result.path),
+        run_path=_location(cfg.storage_path, str(result.path)),
         best_epoch=best_epoch if best_epoch >= 0 else None,
         resumed_from_epoch=resumed if resumed >= 0 else None,
         epochs_run=int(metrics.get("epochs_run", 0)),

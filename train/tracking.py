@@ -36,6 +36,7 @@ import math
 import os
 import platform
 import subprocess
+import tempfile
 import traceback
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -323,18 +324,20 @@ def history(result: Any) -> list[dict[str, float]]:
     return out
 
 
-def checkpoint_path(result: Any) -> Path | None:
+def checkpoint_path(result: Any) -> str | None:
+    """The result's checkpoint: a local folder or an object-store URI."""
     ckpt = result_field(
         result, "best_checkpoint_path", "best_checkpoint", "checkpoint_path", "checkpoint"
     )
     if ckpt is None:
         return None
-    return Path(getattr(ckpt, "path", ckpt))
+    return str(getattr(ckpt, "path", ckpt))
 
 
-def predictions_path(result: Any) -> Path | None:
+def predictions_path(result: Any) -> str | None:
+    """The result's test predictions (parquet): a local path or an object-store URI."""
     path = result_field(result, "predictions_path", "predictions")
-    return Path(path) if isinstance(path, str | os.PathLike) else None
+    return str(path) if isinstance(path, str | os.PathLike) else None
 
 
 def model_identity(
@@ -469,10 +472,13 @@ def log_plots(rows: list[dict[str, float]], predictions: Path | None) -> None:
             plt.close(fig)
 
 
-def log_predictions(predictions: Path | None) -> None:
+def log_predictions(predictions: Path | None, location: str | None = None) -> None:
+    """Tag where the predictions live (``location``, default the local path) and log them
+    as artifacts when small enough."""
     if predictions is None or not predictions.exists():
         return
-    mlflow.set_tag(f"{TAG}predictions_path", str(predictions.resolve()))
+    tag = location if location and storage.is_uri(location) else str(predictions.resolve())
+    mlflow.set_tag(f"{TAG}predictions_path", tag)
     size = (
         sum(p.stat().st_size for p in predictions.rglob("*"))
         if predictions.is_dir()
@@ -552,8 +558,9 @@ class RunHandle:
         ckpt = checkpoint_path(result)
         if ckpt is None:
             raise ValueError("the training result has no checkpoint to log as a model")
-        mlflow.set_tag(f"{TAG}checkpoint", str(ckpt))
-        state = pyfunc.load_checkpoint_state(ckpt)
+        mlflow.set_tag(f"{TAG}checkpoint", ckpt)
+        with tempfile.TemporaryDirectory(prefix="isrec-ckpt-") as tmp:
+            state = pyfunc.load_checkpoint_state(storage.localize(ckpt, tmp))
         if example is None:
             example = _example_rows(reads, spec)
         if example is not None:
@@ -601,9 +608,14 @@ def _log_metrics_and_plots(result: Any) -> dict[str, float]:
     log_history(rows)
     metrics = test_metrics(result)
     mlflow.log_metrics({f"test_{metric_key(k)}": v for k, v in metrics.items()})
-    preds = predictions_path(result)
-    log_plots(rows, preds)
-    log_predictions(preds)
+    location = predictions_path(result)
+    with tempfile.TemporaryDirectory(prefix="isrec-preds-") as tmp:
+        try:
+            preds = Path(storage.localize(location, tmp)) if location else None
+        except FileNotFoundError:
+            preds = None
+        log_plots(rows, preds)
+        log_predictions(preds, location)
     return metrics
 
 
