@@ -11,8 +11,10 @@ SOURCES = ("taobao_ad", "user_behavior", "ali_ccp")
 @dataclass
 class EtlConfig:
     source: str = field(default="taobao_ad", metadata={"help": "raw format", "choices": SOURCES})
-    input: str = field(default="", metadata={"help": "folder (or file) with the raw logs"})
-    output: str = field(default="", metadata={"help": "lake folder for the Delta tables"})
+    input: str = field(default="", metadata={"help": "folder, file or s3a:// URI of the raw logs"})
+    output: str = field(
+        default="", metadata={"help": "lake for the Delta tables: folder or s3a:// URI"}
+    )
     gap_minutes: float = field(
         default=30.0, metadata={"help": "a gap longer than this starts a new session"}
     )

@@ -17,6 +17,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from etl import storage
 from etl.config import EtlConfig
 from etl.impressions import PassConfig, bucket_count, label_and_history
 from etl.lake import last_commit, read_table, table_path, write_table
@@ -70,7 +71,7 @@ class EtlSummary:
 def run_etl(spark: SparkSession, cfg: EtlConfig) -> EtlSummary:
     started = time.time()
     summary = EtlSummary(source=cfg.source, lake=cfg.output)
-    data = load_source(spark, cfg.source, cfg.input, source_config(cfg))
+    data = load_source(spark, cfg.source, storage.spark_uri(cfg.input), source_config(cfg))
     summary.reports = data.reports
     for report in data.reports:
         log.info(

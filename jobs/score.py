@@ -29,7 +29,9 @@ sys.path.insert(0, str(_JOBS.parent))
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-uri", required=True, help="e.g. models:/isrec-rnn_mtl@champion")
-    parser.add_argument("--lake", required=True, help="lake folder holding the samples table")
+    parser.add_argument(
+        "--lake", required=True, help="lake holding the samples table (folder or s3a:// URI)"
+    )
     parser.add_argument("--split", default="test", help="train / valid / test")
     parser.add_argument("--output", default=None, help="Delta table path (default LAKE/scores)")
     parser.add_argument("--samples-version", type=int, default=None, help="Delta version read")

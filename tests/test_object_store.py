@@ -117,6 +117,16 @@ def test_uri_helpers():
     assert not storage.is_uri("file:///tmp/x") and storage.is_uri("gs://b/x")
 
 
+def test_s3a_jars_match_the_hadoop_of_pyspark():
+    import pyspark
+
+    from etl.spark import HADOOP_VERSION, S3A_JAR_NAMES
+
+    bundled = Path(pyspark.__file__).parent / "jars" / f"hadoop-client-api-{HADOOP_VERSION}.jar"
+    assert bundled.is_file(), f"pyspark no longer ships Hadoop {HADOOP_VERSION}: update S3A jars"
+    assert S3A_JAR_NAMES[0] == f"org.apache.hadoop_hadoop-aws-{HADOOP_VERSION}.jar"
+
+
 def test_s3a_conf_follows_the_environment(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000")
     monkeypatch.setenv("AWS_REGION", "eu-west-1")

@@ -20,7 +20,9 @@ LOADERS = ("petastorm", "pyarrow")
 
 @dataclass
 class TrainConfig:
-    lake: str = field(default="", metadata={"help": "lake folder written by jobs/etl.py"})
+    lake: str = field(
+        default="", metadata={"help": "lake written by jobs/etl.py: folder or s3:// URI"}
+    )
     model: str = field(default="rnn_mtl", metadata={"help": "model name (train.models)"})
     model_params: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "model hyperparameters (--param KEY=VALUE)"}
@@ -53,7 +55,8 @@ class TrainConfig:
         default=False, metadata={"help": "DDP find_unused_parameters"}
     )
     storage_path: str = field(
-        default=DEFAULT_STORAGE, metadata={"help": "Ray Train storage (checkpoints, predictions)"}
+        default=DEFAULT_STORAGE,
+        metadata={"help": "Ray Train storage (checkpoints, predictions): folder or s3:// URI"},
     )
     name: str = field(default="", metadata={"help": "run name (default: <model>-<time>)"})
     max_failures: int = field(
