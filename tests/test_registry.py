@@ -69,6 +69,19 @@ def test_promotion_gate(store):
     assert not again.promoted and "already is the champion" in again.reason
 
 
+def test_registering_a_run_again_adds_no_version(store):
+    client = client_for(store)
+    first = fake_version(store, "retry", {"ctcvr_auc": 0.7})
+    run_id = client.get_model_version("isrec-retry", first).run_id
+    source = client.get_model_version("isrec-retry", first).source
+    again = registry.register_version(source, "retry", run_id=run_id, tracking_uri=store)
+    assert str(again.version) == first
+    assert len(client.search_model_versions("name = 'isrec-retry'")) == 1
+    other = fake_version(store, "retry", {"ctcvr_auc": 0.8})  # another run: a new version
+    assert other != first
+    assert len(client.search_model_versions("name = 'isrec-retry'")) == 2
+
+
 def test_lower_is_better_metric_and_min_delta(store):
     fake_version(store, "loss", {"ctcvr_logloss": 0.50, "ctcvr_auc": 0.7})
     assert registry.promote("loss", "ctcvr_logloss", tracking_uri=store).promoted

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -26,6 +27,8 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
 
 PREFIX = "isrec-"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -98,12 +101,17 @@ def register_version(
     """Register ``model_uri`` as a new version of ``isrec-<model>`` and point ``alias`` at it.
 
     The version's tags carry the run's data lineage (samples path + Delta version) and test
-    metrics, so promotion can compare versions without reading other stores."""
+    metrics, so promotion can compare versions without reading other stores. Registering the
+    same model of the same run again returns its existing version (a retried job adds none)."""
     client = _client(tracking_uri)
     name = registered_model_name(model)
     _ensure_registered_model(client, name)
     version_tags = _run_record(client, run_id) | dict(tags or {})
-    mv = mlflow.register_model(model_uri, name, tags=version_tags)
+    mv = _existing_version(client, name, model_uri, run_id)
+    if mv is None:
+        mv = mlflow.register_model(model_uri, name, tags=version_tags)
+    else:
+        log.info("%s of run %s is already version %s of %s", model_uri, run_id, mv.version, name)
     data = version_tags.get(DATA_TAGS[1], "?")
     client.update_model_version(
         name, mv.version, description=f"Trained by run {run_id} on samples version {data}."
@@ -111,6 +119,16 @@ def register_version(
     if alias:
         client.set_registered_model_alias(name, alias, mv.version)
     return client.get_model_version(name, mv.version)
+
+
+def _existing_version(
+    client: MlflowClient, name: str, model_uri: str, run_id: str | None
+) -> ModelVersion | None:
+    if not run_id:
+        return None
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    same = [mv for mv in found if mv.source == model_uri]
+    return min(same, key=lambda mv: int(mv.version)) if same else None
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
