@@ -85,7 +85,7 @@ def s3_env(tmp_path_factory) -> dict[str, str]:
     )
     pid = int((state / "s3.pid").read_text().split()[0])
     try:
-        yield env | exports
+        yield env | exports | {"ISREC_S3_PID": str(pid)}
     finally:
         stopped = _s3("stop", env)
         assert stopped.returncode == 0, stopped.stderr
@@ -163,6 +163,16 @@ def test_storage_round_trip(where, s3_client_env, tmp_path):
     )
     copy = storage.localize(storage.join(lake, "t"), tmp_path / "copy")
     assert (Path(copy) / "part-0.txt").read_text() == "x"
+
+
+def test_store_listens_on_loopback_only(s3_env):
+    import psutil
+
+    proc = psutil.Process(int(s3_env["ISREC_S3_PID"]))
+    listening = [c.laddr for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    ports = {a.port for a in listening}
+    assert int(s3_env["ISREC_S3_PORT"]) in ports
+    assert listening and {a.ip for a in listening} == {"127.0.0.1"}, listening
 
 
 def test_wrong_credentials_are_refused(s3_client_env, monkeypatch):
