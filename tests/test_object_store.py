@@ -16,8 +16,8 @@ import sys
 import uuid
 from pathlib import Path
 
-import mlflow
 import pytest
+from helpers_mlflow import client_for, mlflow_env
 
 from etl import storage
 from etl.spark import jar_paths, s3a_conf
@@ -225,7 +225,9 @@ def test_lake_and_checkpoints_on_object_store(s3_client_env, tmp_path):
     ]
     train += ["--model", "esmm", "--epochs", "1", "--num-workers", "2", "--batch-size", "256"]
     train += ["--storage-path", f"s3://{prefix}/ray", "--tracking-uri", tracking, "--register"]
-    done = subprocess.run(train, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        train, env=env | mlflow_env(tracking), capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     run = result["runs"][0]
@@ -234,7 +236,7 @@ def test_lake_and_checkpoints_on_object_store(s3_client_env, tmp_path):
     assert storage.is_file(run["predictions"])
     assert result["metrics"]["n_rows"] > 0
 
-    client = mlflow.MlflowClient(tracking)
+    client = client_for(tracking)
     runs = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
         "params.`data.lake` != ''",
