@@ -59,11 +59,13 @@ install() {
   cp -r "$src/." "$build/"
   chmod -R u+w "$build"
   mkdir -p "$(dirname "$WEED")"
-  (cd "$build" && go build -trimpath -o "$WEED.tmp" ./weed) || {
-    rm -rf "$build"
+  # Go lists every module it downloads (hundreds): keep that in a log, show it on failure.
+  (cd "$build" && go build -trimpath -o "$WEED.tmp" ./weed) >"$build.log" 2>&1 || {
+    tail -n 40 "$build.log" >&2
+    rm -rf "$build" "$build.log"
     die "SeaweedFS build failed"
   }
-  rm -rf "$build"
+  rm -rf "$build" "$build.log"
   mv "$WEED.tmp" "$WEED"
   log "built $WEED"
 }
