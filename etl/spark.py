@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from etl.storage import s3_endpoint
+from etl.storage import s3_endpoint, s3_region
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def s3a_conf() -> dict[str, str]:
         conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(
             endpoint.startswith("https://")
         ).lower()
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    region = s3_region()
     if region:
         conf["spark.hadoop.fs.s3a.endpoint.region"] = region
     return conf

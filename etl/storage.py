@@ -54,6 +54,11 @@ def scheme(path: str | Path) -> str:
     return urlparse(str(path)).scheme if is_uri(path) else ""
 
 
+def is_s3(path: str | Path) -> bool:
+    """An ``s3://`` / ``s3a://`` / ``s3n://`` location (Spark then needs the S3A jars)."""
+    return scheme(path) in S3_SCHEMES
+
+
 def spark_uri(path: str | Path) -> str:
     """What Hadoop opens: ``s3://`` becomes ``s3a://`` (the Hadoop S3 connector)."""
     text = str(path)
@@ -63,7 +68,7 @@ def spark_uri(path: str | Path) -> str:
 def arrow_uri(path: str | Path) -> str:
     """What pyarrow and Petastorm open: ``s3a://`` becomes ``s3://``, local paths ``file:///``."""
     text = str(path)
-    if scheme(text) in S3_SCHEMES:
+    if is_s3(text):
         return "s3://" + text.split("://", 1)[1]
     if is_uri(text):
         return text
@@ -75,10 +80,14 @@ def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def s3_region() -> str | None:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
     """pyarrow's S3 filesystem on ``s3_endpoint()`` (path-style addressing) or on AWS."""
     kwargs: dict[str, object] = {}
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    region = s3_region()
     if region:
         kwargs["region"] = region
     endpoint = s3_endpoint()
@@ -93,7 +102,7 @@ def s3fs_filesystem():
     """The same store through s3fs (fsspec), for libraries that want one (Petastorm)."""
     import s3fs
 
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    region = s3_region()
     client = {"region_name": region} if region else {}
     return s3fs.S3FileSystem(endpoint_url=s3_endpoint(), client_kwargs=client)
 
@@ -135,13 +144,19 @@ def mtime_ns(path: str | Path) -> int:
     return found.mtime_ns
 
 
-def list_dir(path: str | Path, recursive: bool = False) -> list[str]:
-    """Files below ``path`` as locations of the same kind as ``path`` (sorted; none if absent)."""
+def list_files(path: str | Path, recursive: bool = False) -> dict[str, int]:
+    """Files below ``path`` (as locations of the same kind as ``path``) -> their mtime in ns;
+    empty when ``path`` is absent. One listing, no request per file."""
     fs, inner = filesystem(path)
     selector = pafs.FileSelector(inner, allow_not_found=True, recursive=recursive)
     found = [i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
     base = str(path).rstrip("/")
-    return sorted(join(base, i.path[len(inner) :].lstrip("/")) for i in found)
+    return {join(base, i.path[len(inner) :].lstrip("/")): i.mtime_ns for i in found}
+
+
+def list_dir(path: str | Path, recursive: bool = False) -> list[str]:
+    """Files below ``path`` as locations of the same kind as ``path`` (sorted; none if absent)."""
+    return sorted(list_files(path, recursive))
 
 
 def read_text(path: str | Path) -> str:
@@ -181,9 +196,7 @@ def localize(path: str | Path, folder: str | Path) -> str:
     if found.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"nothing at {path}")
     target = os.path.join(str(folder), inner.rstrip("/").rsplit("/", 1)[-1])
-    if found.type == pafs.FileType.File:
-        pafs.copy_files(inner, target, source_filesystem=fs)
-    else:
+    if found.type == pafs.FileType.Directory:
         os.makedirs(target, exist_ok=True)
-        pafs.copy_files(inner, target, source_filesystem=fs, destination_filesystem=None)
+    pafs.copy_files(inner, target, source_filesystem=fs)
     return target

@@ -35,7 +35,7 @@ def _run(cfg, master: str | None) -> int:
     from etl.pipeline import run_etl
     from etl.spark import get_spark
 
-    object_store = any(storage.scheme(p) in storage.S3_SCHEMES for p in (cfg.input, cfg.output))
+    object_store = storage.is_s3(cfg.input) or storage.is_s3(cfg.output)
     spark = get_spark("isrec-etl", master=master, object_store=object_store)
     summary = run_etl(spark, cfg)
     print("\n".join(summary.lines()))

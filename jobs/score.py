@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from train.tracking import configure
 
     configure(args.tracking_uri)
-    places = (args.lake, args.output or "")
-    object_store = any(storage.scheme(p) in storage.S3_SCHEMES for p in places)
+    object_store = storage.is_s3(args.lake) or storage.is_s3(args.output or "")
     spark = get_spark("isrec-score", object_store=object_store)
     try:
         result = score_samples(

@@ -80,6 +80,7 @@ Backend = Literal["petastorm", "pyarrow"]
 KEY_COLUMN = "impression_id"
 PREFETCH = 2  # row groups read ahead of the consumer by the loader thread
 _COMMIT = re.compile(r"^(\d{20})\.json$")
+_CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint\.parquet$")  # single-part checkpoints
 
 Batch = dict[str, torch.Tensor]
 Chunk = dict[str, np.ndarray]
@@ -90,15 +91,24 @@ class SnapshotError(RuntimeError):
 
 
 # --- snapshot -----------------------------------------------------------------------------------
+def delta_log(table_dir: str | Path) -> tuple[dict[int, str], dict[int, str]]:
+    """(version -> commit file, version -> checkpoint file) of a Delta table, from one listing
+    of its ``_delta_log`` (file names only); both empty when there is no log."""
+    commits, checkpoints = {}, {}
+    for entry in storage.list_dir(storage.join(table_dir, "_delta_log")):
+        if m := _COMMIT.match(_name(entry)):
+            commits[int(m.group(1))] = entry
+        elif m := _CHECKPOINT.match(_name(entry)):
+            checkpoints[int(m.group(1))] = entry
+    return commits, checkpoints
+
+
 def latest_delta_version(table_dir: str | Path) -> tuple[int, str]:
     """Highest committed version of a Delta table and its commit file (file names only)."""
-    log_dir = storage.join(table_dir, "_delta_log")
-    commits = [
-        (int(m.group(1)), p) for p in storage.list_dir(log_dir) if (m := _COMMIT.match(_name(p)))
-    ]
+    commits, _ = delta_log(table_dir)
     if not commits:
         raise SnapshotError(f"no Delta table at {table_dir} (no _delta_log commits): run the ETL")
-    return max(commits)
+    return max(commits.items())
 
 
 def snapshot_files(
@@ -112,14 +122,15 @@ def snapshot_files(
     spec = spec if spec is not None else FeatureSpec.load(lake)
     _check_spec_version(spec, table, version, table_dir)
     split_dir = storage.join(table_dir, MANIFEST_DIR, f"split={split}")
-    manifests = [m for m in storage.list_dir(split_dir, recursive=True) if _name(m) == "manifest"]
+    listed = storage.list_files(split_dir, recursive=True)
+    manifests = {m: mtime for m, mtime in sorted(listed.items()) if _name(m) == "manifest"}
     if not manifests:
         raise SnapshotError(
             f"no symlink manifest for split={split} under {storage.join(table_dir, MANIFEST_DIR)}: "
             'run DeltaTable.forPath(spark, path).generate("symlink_format_manifest")'
         )
     committed = storage.mtime_ns(commit)
-    stale = [m for m in manifests if storage.mtime_ns(m) < committed]
+    stale = [m for m, mtime in manifests.items() if mtime < committed]
     if stale:
         raise SnapshotError(
             f"symlink manifest {stale[0]} is older than Delta version {version} of {table_dir}: "

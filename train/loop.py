@@ -304,7 +304,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
 def _ray_storage(storage_path: str) -> dict[str, Any]:
     """Ray Train storage arguments: object-store URIs go through our S3 filesystem, which
     honours AWS_ENDPOINT_URL_S3 (pyarrow 12, which Ray would use on its own, does not)."""
-    if storage.scheme(storage_path) not in storage.S3_SCHEMES:
+    if not storage.is_s3(storage_path):
         return {"storage_path": storage_path}
     filesystem, inner = storage.filesystem(storage_path)
     return {"storage_path": inner, "storage_filesystem": filesystem}
@@ -312,7 +312,7 @@ def _ray_storage(storage_path: str) -> dict[str, Any]:
 
 def _location(storage_path: str, ray_path: str) -> str:
     """A Ray Train path as a location anyone can open: inside an object store, its URI."""
-    if storage.scheme(storage_path) in storage.S3_SCHEMES and not storage.is_uri(ray_path):
+    if storage.is_s3(storage_path) and not storage.is_uri(ray_path):
         return "s3://" + ray_path.lstrip("/")
     return ray_path
 

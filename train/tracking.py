@@ -183,12 +183,9 @@ def delta_files(table: str | Path, version: int | None = None) -> list[str]:
     """Data files of a Delta table at ``version`` (latest when None), read from its log.
 
     ``table`` is a local folder or an object-store URI (etl/storage.py)."""
-    entries = storage.list_dir(storage.join(table, "_delta_log"))
-    names = {e.rsplit("/", 1)[-1]: e for e in entries}
-    commits = {int(n[:-5]): e for n, e in names.items() if n.endswith(".json") and n[:-5].isdigit()}
-    checkpoints = {
-        int(n.split(".")[0]): e for n, e in names.items() if n.endswith(".checkpoint.parquet")
-    }
+    from train.data import delta_log
+
+    commits, checkpoints = delta_log(table)
     last = max(commits) if commits else -1
     target = last if version is None else version
     start = max((v for v in checkpoints if v <= target), default=-1)
