@@ -576,7 +576,7 @@ def test_script_syntax_and_style(name):
 
 def test_scripts_refuse_unknown_commands(tmp_path):
     env = {**os.environ, "ISREC_CLUSTER_DIR": str(tmp_path)}
-    for name in ("spark.sh", "ray.sh", "mlflow.sh", "all.sh"):
+    for name in ("spark.sh", "ray.sh", "mlflow.sh", "s3.sh", "all.sh"):
         out = subprocess.run(
             [str(LOCAL / name), "bogus"], capture_output=True, text=True, env=env, timeout=60
         )

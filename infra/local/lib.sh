@@ -240,3 +240,26 @@ print_status_line() {
     printf '%-14s stopped\n' "$name"
   fi
 }
+
+# dispatch COMMAND [EXTRA...]: run the calling script's start, stop, status or env_exports
+# function, or the function named COMMAND when it is one of EXTRA; anything else prints usage
+# and exits 2.
+dispatch() {
+  local command="${1:-}" extra
+  shift || true
+  case "$command" in
+    start | stop | status) "$command" ;;
+    env) env_exports ;;
+    -h | --help | help) usage ;;
+    *)
+      for extra in "$@"; do
+        if [[ -n "$command" && "$command" == "$extra" ]]; then
+          "$command"
+          return
+        fi
+      done
+      usage >&2
+      exit 2
+      ;;
+  esac
+}

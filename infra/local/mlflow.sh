@@ -66,14 +66,4 @@ status() {
 
 env_exports() { echo "export MLFLOW_TRACKING_URI=$TRACKING_URI"; }
 
-case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  status) status ;;
-  env) env_exports ;;
-  -h | --help | help) usage ;;
-  *)
-    usage >&2
-    exit 2
-    ;;
-esac
+dispatch "${1:-}"

@@ -226,14 +226,4 @@ env_exports() {
   fi
 }
 
-case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  status) status ;;
-  env) env_exports ;;
-  -h | --help | help) usage ;;
-  *)
-    usage >&2
-    exit 2
-    ;;
-esac
+dispatch "${1:-}"

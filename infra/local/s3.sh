@@ -153,15 +153,4 @@ export AWS_REGION=$REGION
 EOF
 }
 
-case "${1:-}" in
-  install) install ;;
-  start) start ;;
-  stop) stop ;;
-  status) status ;;
-  env) env_exports ;;
-  -h | --help | help) usage ;;
-  *)
-    usage >&2
-    exit 2
-    ;;
-esac
+dispatch "${1:-}" install

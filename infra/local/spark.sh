@@ -112,14 +112,4 @@ env_exports() {
   echo "export ISREC_SPARK_MASTER=$MASTER_URL"
 }
 
-case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  status) status ;;
-  env) env_exports ;;
-  -h | --help | help) usage ;;
-  *)
-    usage >&2
-    exit 2
-    ;;
-esac
+dispatch "${1:-}"
