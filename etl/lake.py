@@ -7,12 +7,16 @@ commit leaves the previous version readable.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from delta.tables import DeltaTable
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 
 from etl import storage
+from etl.config import EtlConfig
+from etl.tables import SAMPLES
 
 
 def table_path(lake: str | Path, name: str) -> str:
@@ -58,3 +62,15 @@ def read_table(spark: SparkSession, lake: str | Path, name: str, version: int | 
 
 def is_table(spark: SparkSession, lake: str | Path, name: str) -> bool:
     return DeltaTable.isDeltaTable(spark, table_path(lake, name))
+
+
+def write_samples(spark: SparkSession, samples: DataFrame, cfg: EtlConfig, write) -> DataFrame:
+    """Write samples partitioned by split/day in enough files for one shard per worker, then
+    the symlink manifest that training reads instead of scanning the table folder."""
+    samples = samples.persist(StorageLevel.MEMORY_AND_DISK)
+    n_files = max(cfg.min_files_per_split, math.ceil(samples.count() / cfg.rows_per_file))
+    spark.conf.set("spark.sql.files.maxRecordsPerFile", str(cfg.rows_per_file))
+    written = write(samples.repartition(n_files, "impression_id"), SAMPLES, ["split", "day"])
+    samples.unpersist()
+    DeltaTable.forPath(spark, table_path(cfg.output, SAMPLES)).generate("symlink_format_manifest")
+    return written

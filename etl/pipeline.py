@@ -8,11 +8,9 @@ last and records the versions of all tables of the run (it is the run's commit m
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
-from delta.tables import DeltaTable
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -20,7 +18,7 @@ from pyspark.sql import functions as F
 from etl import storage
 from etl.config import EtlConfig
 from etl.impressions import PassConfig, bucket_count, label_and_history
-from etl.lake import last_commit, read_table, table_path, write_table
+from etl.lake import last_commit, read_table, table_path, write_samples, write_table
 from etl.samples import (
     SEQUENCE_SOURCE,
     Splits,
@@ -173,18 +171,6 @@ def _build_session_tables(
     return FeatureSpec(
         source=cfg.source, max_len=cfg.max_len, fields=fields, splits=splits.as_dict()
     )
-
-
-def write_samples(spark: SparkSession, samples: DataFrame, cfg: EtlConfig, write) -> DataFrame:
-    """Write samples partitioned by split/day in enough files for one shard per worker, then
-    the symlink manifest that training reads instead of scanning the table folder."""
-    samples = samples.persist(StorageLevel.MEMORY_AND_DISK)
-    n_files = max(cfg.min_files_per_split, math.ceil(samples.count() / cfg.rows_per_file))
-    spark.conf.set("spark.sql.files.maxRecordsPerFile", str(cfg.rows_per_file))
-    written = write(samples.repartition(n_files, "impression_id"), "samples", ["split", "day"])
-    samples.unpersist()
-    DeltaTable.forPath(spark, table_path(cfg.output, "samples")).generate("symlink_format_manifest")
-    return written
 
 
 def _keyed_impressions(raw: DataFrame, tz: int) -> DataFrame:

@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from etl.config import EtlConfig
+from etl.lake import write_samples
 from etl.spec import FeatureSpec, FieldSpec
 from etl.vocab import FIRST_ID, build_vocab, encode_column, vocab_sizes
 
@@ -22,8 +23,6 @@ log = logging.getLogger(__name__)
 
 
 def build_wide_samples(spark: SparkSession, wide: DataFrame, cfg: EtlConfig, write) -> FeatureSpec:
-    from etl.pipeline import write_samples  # shared writer; avoids an import cycle
-
     types = dict(wide.dtypes)
     scalar = [c for c in wide.columns if c.startswith("f_") and not types[c].startswith("array")]
     skipped = [c for c in wide.columns if c.startswith("f_") and types[c].startswith("array")]

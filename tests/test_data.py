@@ -11,18 +11,11 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 
+from etl.delta_log import SnapshotError, latest_version, snapshot_files
 from etl.spec import FeatureSpec
 from tests.helpers_samples import MAX_LEN, shared_lake, write_parquet_files, write_samples
-from train.data import (
-    SnapshotError,
-    latest_delta_version,
-    make_loader,
-    plan_shards,
-    snapshot_files,
-    steps_per_epoch,
-)
-
-BACKENDS = ("petastorm", "pyarrow")
+from train.data import make_loader, plan_shards, steps_per_epoch
+from train.train_config import LOADERS as BACKENDS
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +48,7 @@ def test_snapshot_reads_only_the_current_version(spark, tmp_path):
     lake = tmp_path / "lake"
     write_samples(spark, lake, rows_per_day=20, seed=1, files=2)
     spec = write_samples(spark, lake, rows_per_day=15, seed=2, id_offset=100_000, files=2)
-    assert spec.tables["samples"] == 1 == latest_delta_version(lake / "samples")[0]
+    assert spec.tables["samples"] == 1 == latest_version(lake / "samples")[0]
 
     files = snapshot_files(lake, "train")
     seen = table_ids(files)

@@ -264,8 +264,9 @@ def _samples_count(summary: str) -> int:
 def _check_loaders_agree(lake: str, samples_rows: int) -> None:
     """Both backends read the same rows of every split from the bucket, and all splits
     together are the samples table the ETL reported."""
+    from etl.delta_log import snapshot_files
     from etl.spec import FeatureSpec
-    from train.data import make_loader, snapshot_files
+    from train.data import make_loader
 
     spec = FeatureSpec.load(lake)
     total = 0

@@ -1,10 +1,8 @@
 """Training data: the snapshot file list of a Delta version, shard plans and torch batch loaders.
 
-Snapshot. ``snapshot_files(lake, split)`` reads the Delta symlink manifests the ETL generates
-after each write (LAKE/samples/_symlink_format_manifest/split=<s>/day=<d>/manifest), so a
-worker never scans the table folder (which still holds the files of older versions) and needs
-no JVM. It refuses a manifest that is older than the latest Delta commit and a spec whose
-recorded version (``spec.tables["samples"]``) is not the latest commit.
+Snapshot. ``etl.delta_log.snapshot_files(lake, split)`` reads the Delta
+symlink manifests the ETL generates after each write, so a worker never scans the table folder
+(which still holds the files of older versions) and needs no JVM.
 
 Sharding. Files are taken in sorted order, files with no rows are dropped (Petastorm stops
 early on empty files), and their row groups are numbered in (file, row group) order. Row group
@@ -47,14 +45,11 @@ from __future__ import annotations
 
 import logging
 import queue
-import re
 import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pyarrow as pa
@@ -64,7 +59,9 @@ import pyarrow_hotfix  # noqa: F401  (CVE-2023-47248 for pyarrow < 14.0.1)
 import torch
 
 from etl import storage
+from etl.delta_log import SnapshotError
 from etl.spec import FeatureSpec
+from train.train_config import LOADERS
 
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?")
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyarrow(\..*)?")
@@ -73,101 +70,12 @@ log = logging.getLogger(__name__)
 # Petastorm logs at INFO that our plain-parquet snapshots carry no Unischema: expected here.
 logging.getLogger("petastorm").setLevel(logging.WARNING)
 
-SAMPLES = "samples"
-MANIFEST_DIR = "_symlink_format_manifest"
-BACKENDS = ("petastorm", "pyarrow")
 Backend = Literal["petastorm", "pyarrow"]
 KEY_COLUMN = "impression_id"
 PREFETCH = 2  # row groups read ahead of the consumer by the loader thread
-_COMMIT = re.compile(r"^(\d{20})\.json$")
-_CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint\.parquet$")  # single-part checkpoints
 
 Batch = dict[str, torch.Tensor]
 Chunk = dict[str, np.ndarray]
-
-
-class SnapshotError(RuntimeError):
-    """The lake has no usable snapshot (missing or stale manifest, spec/table mismatch)."""
-
-
-# --- snapshot -----------------------------------------------------------------------------------
-def delta_log(table_dir: str | Path) -> tuple[dict[int, str], dict[int, str]]:
-    """(version -> commit file, version -> checkpoint file) of a Delta table, from one listing
-    of its ``_delta_log`` (file names only); both empty when there is no log."""
-    commits, checkpoints = {}, {}
-    for entry in storage.list_dir(storage.join(table_dir, "_delta_log")):
-        if m := _COMMIT.match(_name(entry)):
-            commits[int(m.group(1))] = entry
-        elif m := _CHECKPOINT.match(_name(entry)):
-            checkpoints[int(m.group(1))] = entry
-    return commits, checkpoints
-
-
-def latest_delta_version(table_dir: str | Path) -> tuple[int, str]:
-    """Highest committed version of a Delta table and its commit file (file names only)."""
-    commits, _ = delta_log(table_dir)
-    if not commits:
-        raise SnapshotError(f"no Delta table at {table_dir} (no _delta_log commits): run the ETL")
-    return max(commits.items())
-
-
-def snapshot_files(
-    lake: str | Path, split: str, spec: FeatureSpec | None = None, table: str = SAMPLES
-) -> list[str]:
-    """Sorted file URIs (file:///..., s3://...) of ``split`` in the current version of ``table``.
-
-    ``lake`` is a local folder or an object-store URI (etl/storage.py)."""
-    table_dir = storage.join(lake, table)
-    version, commit = latest_delta_version(table_dir)
-    spec = spec if spec is not None else FeatureSpec.load(lake)
-    _check_spec_version(spec, table, version, table_dir)
-    split_dir = storage.join(table_dir, MANIFEST_DIR, f"split={split}")
-    listed = storage.list_files(split_dir, recursive=True)
-    manifests = {m: mtime for m, mtime in sorted(listed.items()) if _name(m) == "manifest"}
-    if not manifests:
-        raise SnapshotError(
-            f"no symlink manifest for split={split} under {storage.join(table_dir, MANIFEST_DIR)}: "
-            'run DeltaTable.forPath(spark, path).generate("symlink_format_manifest")'
-        )
-    committed = storage.mtime_ns(commit)
-    stale = [m for m, mtime in manifests.items() if mtime < committed]
-    if stale:
-        raise SnapshotError(
-            f"symlink manifest {stale[0]} is older than Delta version {version} of {table_dir}: "
-            "regenerate the manifest after the write"
-        )
-    files = sorted({storage.arrow_uri(_decode(line)) for m in manifests for line in _lines(m)})
-    missing = [f for f in files if f.startswith("file://") and not storage.is_file(f)]
-    if missing:
-        raise SnapshotError(f"manifest of {table_dir} lists missing file {missing[0]}")
-    return files
-
-
-def _check_spec_version(spec: FeatureSpec, table: str, version: int, table_dir: str) -> None:
-    recorded = spec.tables.get(table)
-    if recorded is None:
-        raise SnapshotError(f"the feature spec records no version of {table!r}: rerun the ETL")
-    if recorded != version:
-        raise SnapshotError(
-            f"{table_dir} is at Delta version {version} but the feature spec records version "
-            f"{recorded}: rerun the ETL so that table, manifest and spec agree"
-        )
-
-
-def _name(location: str) -> str:
-    return location.rstrip("/").rsplit("/", 1)[-1]
-
-
-def _lines(location: str) -> list[str]:
-    return [line.strip() for line in storage.read_text(location).splitlines() if line.strip()]
-
-
-def _decode(uri: str) -> str:
-    """Manifest entries are escaped Hadoop URIs (file:/x%20y, s3a://b/x%20y): unescape."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return unquote(parsed.path)
-    return f"{parsed.scheme}://{parsed.netloc}{unquote(parsed.path)}"
 
 
 def _open_parquet(uri: str) -> pq.ParquetFile:
@@ -323,8 +231,8 @@ def make_loader(
     ``shuffle``: row groups in a (seed, epoch) order and rows through the shuffle buffer;
     otherwise file order. ``max_steps``: stop after this many batches (the agreed DDP count).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown loader backend {backend!r}; choose one of {list(BACKENDS)}")
+    if backend not in LOADERS:
+        raise ValueError(f"unknown loader backend {backend!r}; choose one of {list(LOADERS)}")
     plan = files if isinstance(files, ShardPlan) else plan_shards(files, num_shards)
     if plan.num_shards != num_shards or not 0 <= shard < num_shards:
         raise ValueError(f"shard {shard} of {num_shards} does not fit a {plan.num_shards} plan")

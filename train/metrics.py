@@ -1,4 +1,8 @@
-"""Offline metrics (numpy in, python floats out), as DESIGN.md section 1 defines them.
+"""Offline metrics (numpy in, python floats out) and the registry that knows each one.
+
+The registry (``METRICS``) names every metric ``evaluate`` returns, its direction (``mode``:
+"max" or "min", FuxiCTR's ``monitor_mode``), the rows it is computed on and whether it is a
+quality metric or a count. Early stopping, promotion and result tables ask it, never the name.
 
 - ctr_auc, ctr_logloss: label click, score pctr, ALL rows.
 - cvr_auc, cvr_logloss: label conversion, score pcvr, CLICKED rows only (never all rows).
@@ -12,11 +16,83 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score
 
 PROB_EPS = 1e-7  # clip probabilities before log loss
+SPLIT_PREFIXES = ("train_", "valid_", "test_")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What one metric is: its direction, its rows and whether it measures quality."""
+
+    name: str
+    mode: Literal["max", "min"]  # "max": higher is better
+    rows: Literal["all", "clicked", "users"]
+    kind: Literal["quality", "count"] = "quality"
+    description: str = ""
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("ctr_auc", "max", "all", description="click AUC over all impressions"),
+        Metric("cvr_auc", "max", "clicked", description="conversion AUC over clicked rows"),
+        Metric("ctcvr_auc", "max", "all", description="click-and-buy AUC over all rows"),
+        Metric("ctr_gauc", "max", "users", description="per-user click AUC, weighted"),
+        Metric("ctcvr_gauc", "max", "users", description="per-user click-and-buy AUC"),
+        Metric("ctr_logloss", "min", "all", description="click log loss"),
+        Metric("cvr_logloss", "min", "clicked", description="conversion log loss, clicked rows"),
+        Metric("ctcvr_logloss", "min", "all", description="click-and-buy log loss"),
+        Metric("n_rows", "max", "all", "count"),
+        Metric("n_clicks", "max", "all", "count"),
+        Metric("n_conversions", "max", "all", "count"),
+        Metric("n_users", "max", "users", "count"),
+        Metric("ctr_gauc_users", "max", "users", "count"),
+        Metric("ctcvr_gauc_users", "max", "users", "count"),
+    )
+}
+DEFAULT_METRIC = "ctcvr_auc"  # early stopping (valid_), promotion (test_) and table order
+AUC_METRICS = ("ctr_auc", "cvr_auc", "ctcvr_auc")  # the result tables' oracle-gap columns
+TABLE_METRICS = ("ctr_auc", "cvr_auc", "ctcvr_auc", "ctr_gauc", "ctcvr_logloss")
+
+
+def metric(name: str) -> Metric:
+    """The registry entry of ``name``, with or without a split prefix (``valid_ctr_auc``)."""
+    base = name
+    for prefix in SPLIT_PREFIXES:
+        base = base.removeprefix(prefix)
+    for suffix in ("_mean", "_std"):
+        base = base.removesuffix(suffix)
+    if base not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; known: {sorted(METRICS)}")
+    return METRICS[base]
+
+
+def is_quality(name: str) -> bool:
+    """A known quality metric (an AUC or a loss), not a count or another history column."""
+    try:
+        return metric(name).kind == "quality"
+    except ValueError:
+        return False
+
+
+def is_better(name: str, value: float, than: float | None) -> bool:
+    """``value`` improves on ``than`` (None: nothing yet) in the metric's direction (nan: no)."""
+    if math.isnan(value):
+        return False
+    if than is None or math.isnan(than):
+        return True
+    return value > than if metric(name).mode == "max" else value < than
+
+
+def sign(name: str) -> float:
+    """+1 for metrics to maximize, -1 for metrics to minimize (for max()/sorting)."""
+    return 1.0 if metric(name).mode == "max" else -1.0
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:

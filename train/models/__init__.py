@@ -6,7 +6,7 @@ from typing import Any
 
 from etl.spec import FeatureSpec
 from train.config import resolve_config
-from train.models.base import BaseModel, ranking_score
+from train.models.base import BaseModel
 from train.models.deepfm import DeepFM
 from train.models.esmm import ESMM
 from train.models.mmoe import MMoE
@@ -30,4 +30,4 @@ def build_model(name: str, spec: FeatureSpec, params: dict[str, Any] | None = No
     return MODELS[name](spec, resolve_config(name, params))
 
 
-__all__ = ["MODEL_NAMES", "MODELS", "BaseModel", "build_model", "ranking_score"]
+__all__ = ["MODEL_NAMES", "MODELS", "BaseModel", "build_model"]

@@ -99,10 +99,3 @@ def check_spec(spec: FeatureSpec, model: str) -> None:
             raise ValueError(f"{model}: {f.kind} field {f.name!r} has no vocab")
     if spec.sequence and spec.max_len < 1:
         raise ValueError(f"{model}: sequence fields need max_len >= 1, got {spec.max_len}")
-
-
-def ranking_score(outputs: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
-    """Incentivized ranking score: pCTCVR + beta * E[further views] (beta = 0: plain ranking)."""
-    if beta == 0:
-        return outputs["pctcvr"]
-    return outputs["pctcvr"] + beta * outputs["expected_views"]

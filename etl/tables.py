@@ -1,0 +1,19 @@
+"""Names of the lake's Delta tables and of the folders inside them: the one place for each.
+
+A lake is a folder (or object-store prefix) with one Delta table per name below, written by
+``jobs/etl.py``, plus ``_feature_spec.json`` (etl/spec.py), written last.
+"""
+
+from __future__ import annotations
+
+BRONZE_PREFIX = "bronze_"  # bronze_<file>: every readable raw line, typed, per input file
+QUARANTINE = "quarantine"  # malformed lines: file, line number, raw line, reason
+EVENTS = "events"  # sessionized behaviors
+SESSIONS = "sessions"  # one row per session
+IMPRESSIONS = "impressions"  # labelled impressions (click, conversion, n_future_views)
+VOCAB = "vocab"  # vocabularies built on the train split
+SAMPLES = "samples"  # encoded model inputs, one row per impression, partitioned by split/day
+
+DELTA_LOG_DIR = "_delta_log"
+MANIFEST_DIR = "_symlink_format_manifest"  # generated after each samples write
+SPLITS = ("train", "valid", "test")
