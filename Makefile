@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) jars
 
-# Delta jars resolved once from Maven Central into .jars/ (later runs work offline).
+# Delta jars resolved once from Maven Central into .ivy2/ (later runs work offline).
 jars: $(STAMP)
 	$(PY) -m etl.spark --fetch-jars
 
@@ -35,4 +35,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .jars data test-artifacts
+	rm -rf $(VENV) .ivy2 data test-artifacts

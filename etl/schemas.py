@@ -1,4 +1,4 @@
-"""The one place that defines each canonical table's schema (DESIGN.md section 2).
+"""The one place that defines each canonical table's schema (table names: etl/tables.py).
 
 Source adapters (etl/sources/) map raw files onto the *input* schemas below; the transforms
 (sessionize, impressions, samples) produce the *lake* tables. Raw ids stay ``long``; encoded ids

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from etl.project import PROJECT_ROOT
 from etl.storage import s3_endpoint, s3_region
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DELTA_VERSION = version("delta-spark")
 SCALA_BINARY = "2.12"
 DELTA_PACKAGE = f"io.delta:delta-spark_{SCALA_BINARY}:{DELTA_VERSION}"

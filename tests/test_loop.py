@@ -1,4 +1,5 @@
-"""train/loop.py: pre-flight errors, a 2-worker Ray Train run, and resume after a killed worker.
+"""Pre-flight errors, a 2-worker Ray Train run and resume after a killed worker (train/preflight.py,
+train/driver.py, train/worker.py).
 
 Real local Ray (2 CPUs), real Petastorm, a real Delta samples table written by local Spark.
 """
@@ -18,8 +19,10 @@ import pytest
 import torch
 
 from tests.helpers_samples import shared_lake
-from train import loop
-from train.loop import ConfigError, run_training
+from train import driver
+from train.driver import run_training
+from train.preflight import ConfigError
+from train.results import SeedsResult, TrainResult
 from train.train_config import TrainConfig, parse_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -71,7 +74,7 @@ def no_ray(monkeypatch):
     def boom(cfg):
         raise AssertionError("Ray must not start when the pre-flight fails")
 
-    monkeypatch.setattr(loop, "connect_ray", boom)
+    monkeypatch.setattr(driver, "connect_ray", boom)
 
 
 def one_line_error(cfg: TrainConfig, match: str) -> str:
@@ -80,6 +83,10 @@ def one_line_error(cfg: TrainConfig, match: str) -> str:
     message = str(info.value)
     assert "\n" not in message
     return message
+
+
+def test_preflight_unknown_early_stop_metric(no_ray, tmp_path):
+    one_line_error(make_cfg(tmp_path, tmp_path, early_stop_metric="ctr_acu"), "unknown metric")
 
 
 def test_preflight_missing_lake(no_ray, tmp_path):
@@ -153,7 +160,7 @@ def test_two_workers_end_to_end(ray_cluster, lake, tmp_path):
     assert state["next_epoch"] == 2 and len(state["history"]) == 2
     model = build_model("rnn_mtl", lake[1], SMALL)
     model.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
-    summary = loop.SeedsResult([result], {}).to_json()
+    summary = SeedsResult([result], {}).to_json()
     assert json.loads(json.dumps(summary))["metrics"]["n_rows"] == 200
 
 
@@ -188,8 +195,8 @@ def test_resume_after_a_worker_is_killed(ray_cluster, lake, tmp_path):
 
 
 def test_seeds_json_line_has_mean_and_std(tmp_path):
-    def fake(seed: int, auc: float) -> loop.TrainResult:
-        return loop.TrainResult(
+    def fake(seed: int, auc: float) -> TrainResult:
+        return TrainResult(
             {"ctr_auc": auc, "cvr_auc": float("nan")}, [], "ckpt", None,
             TrainConfig(seed=seed), "run", 0, None, 1, False, 0, "lake",
         )  # fmt: skip
@@ -197,7 +204,7 @@ def test_seeds_json_line_has_mean_and_std(tmp_path):
     from train.metrics import summarize_seeds
 
     results = [fake(0, 0.6), fake(1, 0.7)]
-    line = loop.SeedsResult(results, summarize_seeds([r.test_metrics for r in results])).to_json()
+    line = SeedsResult(results, summarize_seeds([r.test_metrics for r in results])).to_json()
     assert line["seeds"] == [0, 1]
     assert line["metrics"]["ctr_auc"] == {
         "mean": pytest.approx(0.65),

@@ -1,4 +1,5 @@
-"""Offline metrics: which rows each metric scores, GAUC by hand, single-class -> nan."""
+"""Offline metrics: which rows each metric scores, GAUC by hand, single-class -> nan; the
+registry of names and directions."""
 
 from __future__ import annotations
 
@@ -7,7 +8,19 @@ import math
 import numpy as np
 import pytest
 
-from train.metrics import auc, evaluate, gauc, logloss, summarize_seeds
+from train.metrics import (
+    DEFAULT_METRIC,
+    METRICS,
+    auc,
+    evaluate,
+    gauc,
+    is_better,
+    is_quality,
+    logloss,
+    metric,
+    sign,
+    summarize_seeds,
+)
 
 
 def _case() -> tuple[dict, dict, np.ndarray]:
@@ -71,3 +84,26 @@ def test_summarize_seeds() -> None:
     assert s["auc"][0] == pytest.approx(0.8) and s["auc"][1] == pytest.approx(0.1)
     assert all(math.isnan(v) for v in s["gauc"])
     assert summarize_seeds([{"auc": 0.5}]) == {"auc": (0.5, 0.0)}
+
+
+# --- the metric registry ------------------------------------------------------------------------
+def test_registry_knows_every_metric_evaluate_returns() -> None:
+    labels = {"click": np.array([0, 1, 1, 0]), "conversion": np.array([0, 1, 0, 0])}
+    preds = {k: np.array([0.1, 0.8, 0.6, 0.3]) for k in ("pctr", "pcvr", "pctcvr")}
+    names = set(evaluate(labels, preds, np.array([1, 1, 2, 2])))
+    assert names == set(METRICS)
+    counts = {n for n in names if n.startswith("n_") or n.endswith("_users")}
+    assert {n for n in names if is_quality(n)} == names - counts
+    assert not is_quality("ctr_gauc_users") and not is_quality("train_loss")
+
+
+def test_registry_directions_and_prefixes() -> None:
+    assert metric("valid_ctcvr_auc").mode == "max" and metric("test_ctr_gauc_mean").mode == "max"
+    assert metric("ctcvr_logloss").mode == "min" and metric("valid_cvr_logloss").mode == "min"
+    assert metric("cvr_auc").rows == "clicked"
+    assert is_better("ctr_auc", 0.7, 0.6) and not is_better("ctr_auc", 0.6, 0.7)
+    assert is_better("ctcvr_logloss", 0.1, 0.2) and not is_better("ctcvr_logloss", 0.3, 0.2)
+    assert is_better("ctr_auc", 0.5, None) and not is_better("ctr_auc", float("nan"), None)
+    assert sign("ctr_logloss") == -1.0 and sign(DEFAULT_METRIC) == 1.0
+    with pytest.raises(ValueError, match="unknown metric 'ctr_acu'"):
+        metric("ctr_acu")

@@ -184,7 +184,8 @@ def test_wrong_credentials_are_refused(s3_client_env, monkeypatch):
 
 
 def test_training_rejects_a_missing_lake_in_one_line(s3_client_env):
-    from train.loop import ConfigError, TrainConfig, preflight
+    from train.preflight import ConfigError, preflight
+    from train.train_config import TrainConfig
 
     lake = f"s3://{BUCKET}/no-such-lake-{uuid.uuid4().hex[:8]}"
     with pytest.raises(ConfigError, match="does not exist") as err:

@@ -1,4 +1,4 @@
-"""Synthetic Taobao world (DESIGN.md section 4): numpy only, no Spark, no torch.
+"""Synthetic Taobao world: numpy only, no Spark, no torch.
 
 ``TaobaoWorld`` holds the generated catalog and users and the behavior models (closed loop:
 ``respond``); ``write_world`` streams its logs to disk in the Tianchi dataset-56 raw formats.

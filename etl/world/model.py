@@ -1,4 +1,4 @@
-"""The synthetic Taobao world: a generative model with known ground truth (DESIGN.md section 4).
+"""The synthetic Taobao world: a generative model with known ground truth (README: "Generate").
 
 numpy only. The world has three parts:
 

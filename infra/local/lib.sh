@@ -34,7 +34,7 @@ export PATH="$ISREC_BIN:$PATH"
 # packages in every process, which on a busy 2-core machine makes Ray miss its startup deadlines.
 unset PYTHONDONTWRITEBYTECODE
 
-# Telemetry off (DESIGN.md section 5).
+# Telemetry off: no service started here reports usage anywhere.
 export MLFLOW_DISABLE_TELEMETRY=true
 export RAY_USAGE_STATS_ENABLED=0
 export DO_NOT_TRACK=1

@@ -1,4 +1,4 @@
-"""Base class every model derives from, and the ranking score.
+"""Base class every model derives from, and the output contract.
 
 A model reads the FeatureSpec, returns logits for CTR and CVR (and a log-rate of further views
 if it has an exploration tower); the base class turns them into the output contract:
@@ -21,6 +21,7 @@ from train.config import ModelConfig
 from train.losses import MAX_LOG_RATE, conventional_loss, entire_space_loss, poisson_loss
 
 Logits = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # ctr, cvr, log_views
+PREDICTIONS = ("pctr", "pcvr", "pctcvr", "expected_views")  # what every model returns per row
 
 
 class BaseModel(nn.Module):
