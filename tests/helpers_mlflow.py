@@ -1,5 +1,6 @@
-"""MLflow test helpers: a tiny real samples table, a real (briefly trained) model, a TrainResult
-look-alike, a SQLite tracking store, and a logged + registered champion shared by the tests.
+"""MLflow test helpers: a tiny real samples table, a real (briefly trained) model and its
+train.results.TrainResult, a SQLite tracking store, and a logged + registered champion shared by
+the tests.
 
 The shared champion is built once per test session (``champion`` fixture, cached in this module
 so that every test module importing the fixture reuses it).
@@ -15,9 +16,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import numpy as np
@@ -27,8 +27,11 @@ import torch
 from helpers_samples import make_frame, write_samples
 
 from etl.spec import FeatureSpec
+from etl.tables import SAMPLES
 from train.metrics import evaluate
 from train.models import build_model
+from train.results import TrainResult
+from train.train_config import TrainConfig
 
 # Spark's Python workers must be this interpreter (mlflow, torch) for spark_udf; imported at
 # collection, before the session-scoped Spark fixture starts. (Belongs in conftest.py.)
@@ -44,19 +47,6 @@ PARAMS = {
 }
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SERVER_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}
-
-
-@dataclass
-class FakeResult:
-    """Shaped like train.loop's TrainResult."""
-
-    test_metrics: dict[str, float]
-    history: list[dict[str, Any]]
-    best_checkpoint: str
-    predictions_path: str
-    config: dict[str, Any] = field(default_factory=dict)
-    lake: str = ""
-    samples_version: int | None = None
 
 
 def to_tensors(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, torch.Tensor]:
@@ -108,10 +98,12 @@ def make_result(
     frame: pd.DataFrame,
     seed: int = 0,
     model: str = MODEL,
-    lake: Path | None = None,
-) -> FakeResult:
+    *,
+    lake: Path,
+) -> TrainResult:
     """Train briefly and write what train.loop leaves behind: a Ray-style checkpoint dir
-    (model state_dict), a predictions parquet on test, metrics and the resolved config."""
+    (model state_dict), a predictions parquet on test, metrics and the resolved config, as
+    the TrainResult of a run on ``lake``."""
     net, rows = train_tiny(spec, frame, seed=seed, model=model)
     ckpt = root / f"checkpoint_seed{seed}"
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -127,10 +119,29 @@ def make_result(
     metrics = evaluate(
         pred, {k: pred[k].to_numpy() for k in ("pctr", "pcvr", "pctcvr")}, pred.user_key
     )
-    config = {"model": model, "model_params": dict(net.config), "seed": seed, "lr": 0.02}
-    config |= {"train": {"epochs": len(rows), "batch_size": 256}}
-    version = spec.tables.get("samples")
-    return FakeResult(metrics, rows, str(ckpt), str(path), config, str(lake or ""), version)
+    config = TrainConfig(
+        lake=str(lake),
+        model=model,
+        model_params=dict(net.config),
+        seed=seed,
+        lr=0.02,
+        epochs=len(rows),
+        batch_size=256,
+    )
+    return TrainResult(
+        test_metrics=metrics,
+        history=rows,
+        best_checkpoint_path=str(ckpt),
+        predictions_path=str(path),
+        config=config,
+        run_path=str(root),
+        best_epoch=len(rows) - 1,
+        resumed_from_epoch=None,
+        epochs_run=len(rows),
+        stopped_early=False,
+        samples_version=spec.tables.get(SAMPLES),
+        lake=str(lake),
+    )
 
 
 _TEMPLATE_DB: list[Path] = []
@@ -177,7 +188,7 @@ _CACHE: dict[str, Champion] = {}
 def build_champion(spark, root: Path) -> Champion:
     """Samples table -> brief training -> logged run -> registered version -> champion."""
     from train.registry import promote
-    from train.tracking import log_training_run
+    from train.tracking.runs import training_run
 
     if "champion" in _CACHE:
         return _CACHE["champion"]
@@ -187,7 +198,8 @@ def build_champion(spark, root: Path) -> Champion:
     uri = sqlite_uri(root / "mlflow")
     result = make_result(root / "train", spec, frame, lake=lake)
     # lake, spec and samples version come from the result, as with train.loop's TrainResult
-    logged = log_training_run(result, experiment="isrec-tests", tracking_uri=uri)
+    with training_run("isrec-tests", tracking_uri=uri) as run:
+        logged = run.register(run.log_result(result))
     promote(MODEL, tracking_uri=uri)
     champion = Champion(
         uri,
@@ -293,7 +305,7 @@ def fake_version(
 ) -> str:
     """A run with test metrics and samples lineage tags, its model registered as challenger."""
     from train.registry import register_version
-    from train.tracking import configure, ensure_experiment
+    from train.tracking.store import configure, ensure_experiment
 
     configure(uri)
     tags = {

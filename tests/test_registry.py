@@ -12,6 +12,7 @@ import pytest
 from helpers_mlflow import PROJECT_ROOT, client_for, fake_version, mlflow_env, sqlite_uri
 
 from train import registry
+from train.metrics import metric
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,8 @@ def test_names_and_metric_direction():
     assert registry.registered_model_name("rnn_mtl") == "isrec-rnn_mtl"
     assert registry.registered_model_name("isrec-esmm") == "isrec-esmm"
     assert registry.champion_uri("esmm") == "models:/isrec-esmm@champion"
-    assert registry.higher_is_better("ctcvr_auc") and registry.higher_is_better("ctr_gauc")
-    assert not registry.higher_is_better("ctcvr_logloss")
+    assert metric("ctcvr_auc").mode == "max" and metric("ctr_gauc").mode == "max"
+    assert metric("ctcvr_logloss").mode == "min"
 
 
 def test_promotion_gate(store):

@@ -15,7 +15,7 @@ from helpers_mlflow import PROJECT_ROOT, champion, mlflow_env  # noqa: F401
 from etl.score import OUTPUTS, score_samples
 from etl.spark import delta_jar_paths
 from train import pyfunc
-from train.tracking import configure
+from train.tracking.store import configure
 
 
 def read_scores(spark, path) -> pd.DataFrame:

@@ -16,7 +16,7 @@ import pytest
 from helpers_mlflow import champion, free_port, mlflow_env, start, stop, wait_http  # noqa: F401
 
 from train import pyfunc
-from train.tracking import configure
+from train.tracking.store import configure
 
 
 @pytest.fixture(scope="module")

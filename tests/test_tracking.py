@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers_mlflow import (  # noqa: F401
+    MODEL,
     PROJECT_ROOT,
     champion,
     client_for,
@@ -23,30 +24,31 @@ from helpers_mlflow import (  # noqa: F401
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from train import pyfunc, tracking
+from train import pyfunc
+from train.tracking import comparison, runs, store
 
 
 def test_tracking_uri_resolution(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    default = tracking.resolve_tracking_uri()
+    default = store.resolve_tracking_uri()
     assert default == f"sqlite:///{PROJECT_ROOT / 'data' / 'mlflow' / 'mlflow.db'}"
-    assert tracking.artifact_root(default) == (PROJECT_ROOT / "data/mlflow/artifacts").as_uri()
+    assert store.artifact_root(default) == (PROJECT_ROOT / "data/mlflow/artifacts").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    assert tracking.resolve_tracking_uri() == "http://127.0.0.1:5999"
-    assert tracking.artifact_root("http://127.0.0.1:5999") is None
+    assert store.resolve_tracking_uri() == "http://127.0.0.1:5999"
+    assert store.artifact_root("http://127.0.0.1:5999") is None
     explicit = sqlite_uri(tmp_path)
-    assert tracking.resolve_tracking_uri(explicit) == explicit
+    assert store.resolve_tracking_uri(explicit) == explicit
 
 
 def test_run_records_config_lineage_metrics_plots_env(champion):  # noqa: F811
-    tracking.configure(champion.tracking_uri)
+    store.configure(champion.tracking_uri)
     client = client_for(champion.tracking_uri)
     run = client.get_run(champion.run_id)
     assert run.info.status == "FINISHED"
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
     # whole config, flattened
     assert params["model"] == "rnn_mtl" and params["model_params.gru_hidden"] == "8"
-    assert params["train.epochs"] == "2" and params["seed"] == "0"
+    assert params["epochs"] == "2" and params["seed"] == "0"
     assert params["model_resolved.gru_hidden"] == "8" and params["model_resolved.packed"] == "true"
     # lineage: samples table path + Delta version, as params, tags and a logged input
     samples = str((champion.lake / "samples").resolve())
@@ -91,7 +93,7 @@ def _artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) 
 
 
 def test_logged_model_signature_and_example(champion):  # noqa: F811
-    tracking.configure(champion.tracking_uri)
+    store.configure(champion.tracking_uri)
     info = mlflow.models.get_model_info(champion.model_uri)
     inputs = {c["name"]: c for c in info.signature.inputs.to_dict()}
     assert inputs["ad"]["type"] == "long" and inputs["price"]["type"] == "double"
@@ -111,7 +113,12 @@ def test_comparison_groups_seeds_and_registers_best(spark, tmp_path, champion): 
         make_result(tmp_path / "train", champion.spec, champion.frame, seed=s, lake=champion.lake)
         for s in (1, 2)
     ]
-    cmp = tracking.log_comparison(results, "cmp-tests", comparison_id="cmp-1", tracking_uri=uri)
+    with comparison.comparison_run(
+        MODEL, "cmp-tests", comparison_id="cmp-1", config=results[0].config, tracking_uri=uri
+    ) as cmp:
+        for result in results:
+            with cmp.seed_run(result.config.seed) as run:
+                run.log_result(result)
     client = client_for(uri)
     parent = client.get_run(cmp.run_id)
     assert parent.info.status == "FINISHED"
@@ -137,7 +144,7 @@ def test_crashed_run_ends_failed(tmp_path):
     uri = sqlite_uri(tmp_path / "mlflow")
     with (
         pytest.raises(RuntimeError, match="worker died"),
-        tracking.training_run("crash-tests", tracking_uri=uri) as run,
+        runs.training_run("crash-tests", tracking_uri=uri) as run,
     ):
         mlflow.log_metric("train_loss", 1.0, step=0)
         raise RuntimeError("worker died")
@@ -149,7 +156,7 @@ def test_crashed_run_ends_failed(tmp_path):
     # a seed crash fails the seed run and its comparison
     with (
         pytest.raises(ValueError, match="bad batch"),
-        tracking.comparison_run("esmm", "crash-tests", tracking_uri=uri) as cmp,
+        comparison.comparison_run("esmm", "crash-tests", tracking_uri=uri) as cmp,
         cmp.seed_run(0) as seed_run,
     ):
         raise ValueError("bad batch")
@@ -227,7 +234,7 @@ def test_pyfunc_loads_in_fresh_process(champion, tmp_path):  # noqa: F811
 
 
 def test_predict_params_beta(champion):  # noqa: F811
-    tracking.configure(champion.tracking_uri)
+    store.configure(champion.tracking_uri)
     model = mlflow.pyfunc.load_model(champion.model_uri)
     rows = pyfunc.input_example(champion.test_rows(), champion.spec, n=5)
     out = model.predict(rows, params={"beta": 0.5})

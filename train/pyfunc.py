@@ -31,9 +31,9 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
+from etl.project import PROJECT_ROOT
 from etl.spec import FeatureSpec
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 OUTPUTS = ("pctr", "pcvr", "pctcvr", "expected_views", "score")
 STATE_FILE, SPEC_ARTIFACT, META_FILE = "state_dict.pt", "feature_spec.json", "model.json"
 PREDICT_CHUNK = 8192

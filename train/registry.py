@@ -9,7 +9,8 @@ was trained on is in its tags (``isrec.data.samples.path`` / ``.version``), not 
 
 Aliases, never stages: a newly registered version gets alias ``challenger``; ``promote`` moves
 alias ``champion`` to the challenger only when it beats the current champion on a test metric
-(default ``ctcvr_auc``) measured on the SAME data (same samples table path and Delta version).
+(default ``train.metrics.DEFAULT_METRIC``, in the direction the metric registry gives it) measured
+on the SAME data (same samples table path and Delta version).
 With no champion yet, the challenger is promoted. Each decision and its numbers are written into
 the challenger version's tags (``isrec.promotion.*``) and description.
 """
@@ -28,14 +29,16 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from etl.tables import SAMPLES
+from train.metrics import DEFAULT_METRIC, sign
+from train.metrics import metric as known_metric
+from train.tracking.store import TAG, configure
+
 log = logging.getLogger(__name__)
 
 PREFIX = "isrec-"
 CHAMPION, CHALLENGER = "champion", "challenger"
-DEFAULT_METRIC = "ctcvr_auc"
-TAG = "isrec."
-DATA_TAGS = (f"{TAG}data.samples.path", f"{TAG}data.samples.version")
-LOWER_IS_BETTER = ("loss", "logloss", "mse", "mae", "rmse", "error", "ece")
+DATA_TAGS = (f"{TAG}data.{SAMPLES}.path", f"{TAG}data.{SAMPLES}.version")
 VERSION_METRIC_SUFFIXES = ("auc", "logloss")  # test metrics copied into version tags
 
 
@@ -44,13 +47,7 @@ def registered_model_name(model: str) -> str:
     return model if model.startswith(PREFIX) else f"{PREFIX}{model}"
 
 
-def higher_is_better(metric: str) -> bool:
-    return not any(word in metric.lower() for word in LOWER_IS_BETTER)
-
-
 def _client(tracking_uri: str | None) -> MlflowClient:
-    from train.tracking import configure
-
     uri = configure(tracking_uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -234,8 +231,7 @@ def _compare(
     if d.champion_value is None:
         d.promoted, d.reason = True, f"the champion has no {metric}; challenger takes over"
         return d
-    sign = 1.0 if higher_is_better(metric) else -1.0
-    gain = sign * (d.challenger_value - d.champion_value)
+    gain = sign(metric) * (d.challenger_value - d.champion_value)
     op = ">" if gain > min_delta else "<="
     word = "beats" if gain > min_delta else "does not beat"
     d.promoted = gain > min_delta
@@ -277,7 +273,10 @@ def promote(
     tracking_uri: str | None = None,
 ) -> Decision:
     """Gate the challenger (alias, or ``version``) against the champion; move ``champion``
-    when it wins. The decision is recorded on the challenger version either way."""
+    when it wins. The decision is recorded on the challenger version either way. ``metric``
+    is a train.metrics name (``ctcvr_auc`` or ``test_ctcvr_auc``); an unknown one raises
+    ValueError before anything is read or written."""
+    known_metric(metric)
     client = _client(tracking_uri)
     name = registered_model_name(model)
     client.get_registered_model(name)  # a clear RESOURCE_DOES_NOT_EXIST for a wrong name
