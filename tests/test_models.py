@@ -13,7 +13,6 @@ from train.config import resolve_config
 from train.layers import GRUEncoder
 from train.losses import ctcvr_bce, entire_space_loss
 from train.models import MODEL_NAMES, build_model
-from train.policy import ranking_score
 
 MAX_LEN = 8
 N_ROWS = 512
@@ -273,12 +272,6 @@ def test_rnn_mtl_variants(params: dict, spec: FeatureSpec, batch: dict[str, torc
     out = model(batch)
     model.loss(out, batch)["loss"].backward()
     assert set(model.loss(out, batch)) == {"loss", "ctr_loss", "ctcvr_loss", "views_loss"}
-
-
-def test_ranking_score() -> None:
-    out = {"pctcvr": torch.tensor([0.1, 0.2]), "expected_views": torch.tensor([3.0, 0.0])}
-    assert torch.equal(ranking_score(out, 0.0), out["pctcvr"])
-    torch.testing.assert_close(ranking_score(out, 0.1), torch.tensor([0.4, 0.2]))
 
 
 def test_ctcvr_loss_is_stable_and_exact() -> None:
