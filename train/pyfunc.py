@@ -33,6 +33,7 @@ from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec
 
 from etl.project import PROJECT_ROOT
 from etl.spec import FeatureSpec
+from train.tracking.store import TAG
 
 OUTPUTS = ("pctr", "pcvr", "pctcvr", "expected_views", "score")
 STATE_FILE, SPEC_ARTIFACT, META_FILE = "state_dict.pt", "feature_spec.json", "model.json"
@@ -287,7 +288,7 @@ def log_pyfunc_model(
             signature=signature(spec, beta),
             input_example=example,
             pip_requirements=pip_requirements(),
-            tags={"isrec.model": model_name},
+            tags={f"{TAG}model": model_name},
         )
 
 
@@ -312,7 +313,7 @@ def load_checkpoint_state(path: str | Path) -> dict[str, Any]:
         found = sorted(p for p in file.rglob("*") if p.suffix in (".pt", ".pth", ".bin"))
         if not found:
             raise FileNotFoundError(f"no .pt/.pth file in checkpoint {file}")
-        exact = [p for p in found if p.name == "model.pt"]  # train.loop's final weights
+        exact = [p for p in found if p.name == "model.pt"]  # train.checkpoints.MODEL_FILE
         preferred = [p for p in found if "model" in p.name or "state" in p.name]
         file = (exact or preferred or found)[0]
     obj = torch.load(file, map_location="cpu", weights_only=True)
