@@ -1,9 +1,15 @@
-"""ETL configuration: one dataclass with defaults, and the one place that defines the ETL CLI."""
+"""ETL configuration: one dataclass with defaults, and the one place that defines the ETL CLI.
+
+Every EtlConfig field is a ``--kebab-case`` option of jobs/etl.py (through etl/cli.py);
+``SparkOptions`` holds the job's own ``--master``.
+"""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
+
+from etl import cli
 
 SOURCES = ("taobao_ad", "user_behavior", "ali_ccp")
 
@@ -11,9 +17,13 @@ SOURCES = ("taobao_ad", "user_behavior", "ali_ccp")
 @dataclass
 class EtlConfig:
     source: str = field(default="taobao_ad", metadata={"help": "raw format", "choices": SOURCES})
-    input: str = field(default="", metadata={"help": "folder, file or s3a:// URI of the raw logs"})
+    input: str = field(
+        default="",
+        metadata={"help": "folder, file or s3a:// URI of the raw logs", "required": True},
+    )
     output: str = field(
-        default="", metadata={"help": "lake for the Delta tables: folder or s3a:// URI"}
+        default="",
+        metadata={"help": "lake for the Delta tables: folder or s3a:// URI", "required": True},
     )
     gap_minutes: float = field(
         default=30.0, metadata={"help": "a gap longer than this starts a new session"}
@@ -63,22 +73,18 @@ class EtlConfig:
         return asdict(self)
 
 
+@dataclass
+class SparkOptions:
+    """Where a Spark job runs when it is not started by spark-submit (whose --master wins)."""
+
+    master: str | None = field(
+        default=None,
+        metadata={
+            "help": "Spark master outside spark-submit (default: $ISREC_SPARK_MASTER or local[*])"
+        },
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Expose every EtlConfig field as --kebab-case option."""
-    for f in fields(EtlConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kwargs: dict = {"help": f.metadata.get("help", ""), "dest": f.name}
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        kind = {"int": int, "float": float}.get(str(f.type), str)
-        kwargs["type"] = kind
-        required = f.name in ("input", "output")
-        if required:
-            kwargs["required"] = True
-        elif f.default is not MISSING:
-            kwargs["default"] = f.default
-        parser.add_argument(flag, **kwargs)
-
-
-def from_args(args: argparse.Namespace) -> EtlConfig:
-    return EtlConfig(**{f.name: getattr(args, f.name) for f in fields(EtlConfig)})
+    """Every EtlConfig field as a --kebab-case option of a parser of the caller's own."""
+    cli.add_options(parser, EtlConfig)

@@ -1,36 +1,33 @@
 """Entry point: spark-submit jobs/etl.py --source taobao_ad --input DIR --output LAKE.
 
-Plain `python jobs/etl.py ...` works too (local[*] Spark).
+Plain `python jobs/etl.py ...` works too (local[*] Spark). Options: etl/config.py (``--help``).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for spark-submit from a clone
 
-from etl.config import add_arguments, from_args  # noqa: E402
+from etl.cli import parse_all  # noqa: E402
+from etl.config import EtlConfig, SparkOptions  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Sessionize raw Taobao logs into Delta tables.")
-    add_arguments(parser)
-    parser.add_argument("--master", default=None, help="Spark master outside spark-submit")
-    args = parser.parse_args(argv)
+    description = "Sessionize raw Taobao logs into Delta tables."
+    cfg, spark = parse_all([EtlConfig, SparkOptions], argv, description=description)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("py4j").setLevel(logging.WARNING)  # no chatter after a one-line error
-    cfg = from_args(args)
     from etl.errors import run_cli
 
-    return run_cli(lambda: _run(cfg, args.master))
+    return run_cli(lambda: _run(cfg, spark.master))
 
 
-def _run(cfg, master: str | None) -> int:
+def _run(cfg: EtlConfig, master: str | None) -> int:
     from etl import storage
     from etl.pipeline import run_etl
     from etl.spark import get_spark

@@ -4,12 +4,12 @@
         [--min-delta 0.0] [--tracking-uri URI] [--json] [--fail-if-refused]
 
 Prints the decision. Exit 0 whether promoted or refused (1 with --fail-if-refused when
-refused), 2 when the registered model or version does not exist.
+refused), 2 when the registered model or version does not exist. Options:
+train/promote_config.py (``--help``).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -22,41 +22,30 @@ _JOBS = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _JOBS]
 sys.path.insert(0, str(_JOBS.parent))
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-name", required=True, help="isrec-<model> or <model>")
-    parser.add_argument("--metric", default="ctcvr_auc", help="test metric that decides")
-    parser.add_argument("--version", default=None, help="challenger version (default @challenger)")
-    parser.add_argument("--min-delta", type=float, default=0.0, help="required improvement")
-    parser.add_argument(
-        "--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or local"
-    )
-    parser.add_argument("--json", action="store_true", help="print the decision as JSON")
-    parser.add_argument("--fail-if-refused", action="store_true", help="exit 1 when refused")
-    return parser.parse_args(argv)
+from etl.cli import parse  # noqa: E402
+from train.promote_config import PromoteConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+    cfg = parse(PromoteConfig, argv, description=__doc__.split("\n")[0])
     from mlflow.exceptions import MlflowException
 
     from train.registry import promote
 
     try:
         decision = promote(
-            args.model_name,
-            args.metric,
-            version=args.version,
-            min_delta=args.min_delta,
-            tracking_uri=args.tracking_uri,
+            cfg.model_name,
+            cfg.metric,
+            version=cfg.version,
+            min_delta=cfg.min_delta,
+            tracking_uri=cfg.tracking_uri,
         )
     except MlflowException as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
-    print(decision.to_json() if args.json else decision.summary())
-    return 1 if args.fail_if_refused and not decision.promoted else 0
+    print(decision.to_json() if cfg.json else decision.summary())
+    return 1 if cfg.fail_if_refused and not decision.promoted else 0
 
 
 if __name__ == "__main__":

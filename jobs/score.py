@@ -4,12 +4,12 @@
         --model-uri models:/isrec-rnn_mtl@champion --lake LAKE --split test \\
         [--output LAKE/scores] [--samples-version N] [--beta B] [--tracking-uri URI]
 
-Plain ``python jobs/score.py ...`` works too (local Spark with the cached Delta jars).
+Plain ``python jobs/score.py ...`` works too (local Spark with the cached Delta jars). Options:
+etl/score_config.py (``--help``).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -25,45 +25,36 @@ _JOBS = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _JOBS]
 sys.path.insert(0, str(_JOBS.parent))
 
+from etl.cli import parse  # noqa: E402
+from etl.score_config import ScoreConfig  # noqa: E402
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-uri", required=True, help="e.g. models:/isrec-rnn_mtl@champion")
-    parser.add_argument(
-        "--lake", required=True, help="lake holding the samples table (folder or s3a:// URI)"
-    )
-    parser.add_argument("--split", default="test", help="train / valid / test")
-    parser.add_argument("--output", default=None, help="Delta table path (default LAKE/scores)")
-    parser.add_argument("--samples-version", type=int, default=None, help="Delta version read")
-    parser.add_argument("--beta", type=float, default=None, help="ranking beta (default: model's)")
-    parser.add_argument(
-        "--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or local"
-    )
-    return parser.parse_args(argv)
+
+def parse_args(argv: list[str] | None = None) -> ScoreConfig:
+    return parse(ScoreConfig, argv, description=__doc__.split("\n")[0])
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    args = parse_args(argv)
+    cfg = parse_args(argv)
     from etl import storage
     from etl.score import score_samples
     from etl.spark import get_spark
-    from train.tracking import configure
+    from train.tracking.store import configure
 
-    configure(args.tracking_uri)
-    object_store = storage.is_s3(args.lake) or storage.is_s3(args.output or "")
+    configure(cfg.tracking_uri)
+    object_store = storage.is_s3(cfg.lake) or storage.is_s3(cfg.output or "")
     spark = get_spark("isrec-score", object_store=object_store)
     try:
         result = score_samples(
             spark,
-            args.model_uri,
-            args.lake,
-            split=args.split,
-            output=args.output,
-            samples_version=args.samples_version,
-            beta=args.beta,
+            cfg.model_uri,
+            cfg.lake,
+            split=cfg.split,
+            output=cfg.output,
+            samples_version=cfg.samples_version,
+            beta=cfg.beta,
         )
     finally:
         spark.stop()

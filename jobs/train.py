@@ -3,8 +3,8 @@
     python jobs/train.py --lake data/lake --model rnn_mtl --num-workers 2 --epochs 5
     ray job submit --working-dir . -- python jobs/train.py --lake /shared/lake --seeds 3
 
-Options: train/train_config.py (``--help``). Exit codes: 0 done, 2 configuration error (one
-line on stderr, nothing started), 1 training failed.
+Options: train/train_config.py (``--help``, ``--config FILE``, ``--param KEY=VALUE``). Exit
+codes: 0 done, 2 configuration error (one line on stderr, nothing started), 1 training failed.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ _JOBS = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _JOBS]
 sys.path.insert(0, str(_JOBS.parent))
 
-from train.loop import ConfigError, preflight  # noqa: E402
-from train.runner import train_and_log  # noqa: E402
 from train.train_config import parse_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
+    from train.driver import train_and_log  # torch and Ray once the options are good
+    from train.preflight import ConfigError, preflight
+
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )

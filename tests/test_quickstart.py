@@ -1,6 +1,7 @@
 """The README's main command, jobs/quickstart.py (what `make demo` runs), on a tiny world:
 world -> spark-submit ETL -> Ray Train -> MLflow registry -> comparison table with the oracle;
-then a second run that must reuse everything (no new Delta version, no new registry version).
+then a second run that must reuse everything (no new Delta version, no new registry version);
+and, quickly, its table (train/report.py) and the training options it hands on.
 """
 
 from __future__ import annotations
@@ -87,3 +88,55 @@ def test_quickstart_end_to_end_then_reuse(tmp_path: Path) -> None:
     assert delta_commits(lake) == commits
     assert {m: len(client.search_model_versions(f"name='isrec-{m}'")) for m in MODELS} == versions
     assert table_rows(second.stdout) == rows
+
+
+ROWS = {
+    "esmm": {"ctr_auc": (0.61234, 0.01), "cvr_auc": (0.55, 0.0), "ctcvr_auc": (0.6, 0.02)},
+    "rnn_mtl": {"ctr_auc": (0.7, 0.0), "cvr_auc": (0.5, 0.0), "ctcvr_auc": (0.75, 0.0)},
+}
+for _summary in ROWS.values():
+    _summary |= {"ctr_gauc": (0.58, 0.0), "ctcvr_logloss": (0.0312, 0.001)}
+ORACLE = {"ctr_auc": 0.79, "cvr_auc": 0.7, "ctcvr_auc": 0.82, "ctr_gauc": 0.77}
+TABLE = """\
+model               ctr_auc           cvr_auc         ctcvr_auc          ctr_gauc     ctcvr_logloss     gap ctr_auc     gap cvr_auc   gap ctcvr_auc
+---------------------------------------------------------------------------------------------------------------------------------------------------
+esmm          0.6123 ±0.0100     0.5500 ±0.0000     0.6000 ±0.0200     0.5800 ±0.0000     0.0312 ±0.0010          0.1777          0.1500          0.2200
+rnn_mtl       0.7000 ±0.0000     0.5000 ±0.0000     0.7500 ±0.0000     0.5800 ±0.0000     0.0312 ±0.0010          0.0900          0.2000          0.0700
+oracle               0.7900            0.7000            0.8200            0.7700               nan"""  # noqa: E501
+
+
+def test_comparison_table_layout() -> None:
+    from train.report import comparison_table
+
+    assert comparison_table(ROWS, ORACLE) == TABLE
+    plain = comparison_table(ROWS).splitlines()
+    assert plain[0] == TABLE.splitlines()[0].split("     gap")[0]
+    assert len(plain) == 4 and not any("oracle" in line for line in plain)
+    extra = comparison_table(ROWS, ORACLE, {"epochs": {"esmm": "3"}}).splitlines()
+    assert extra[0].endswith("   epochs") and extra[2].endswith("        3")
+    assert extra[3].endswith("        -")
+
+
+def test_quickstart_trains_with_its_own_defaults(monkeypatch, tmp_path: Path) -> None:
+    from train.quickstart import QuickstartConfig, train_config
+    from train.train_config import TrainConfig
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///store.db")
+    cfg = train_config(QuickstartConfig(), tmp_path, "esmm")
+    job = TrainConfig()
+    assert (
+        (cfg.batch_size, cfg.lr, cfg.epochs)
+        == (512, 3e-3, 3)
+        != (
+            job.batch_size,
+            job.lr,
+            job.epochs,
+        )
+    )
+    assert (cfg.lake, cfg.model, cfg.experiment) == (str(tmp_path), "esmm", "isrec-quickstart")
+    assert cfg.tracking_uri == "sqlite:///store.db"
+    assert (cfg.patience, cfg.loader, cfg.eval_batch_size) == (
+        job.patience,
+        job.loader,
+        job.eval_batch_size,
+    )

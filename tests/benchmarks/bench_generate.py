@@ -8,7 +8,6 @@ A small pilot world measures behaviors per user; the main run is sized from it. 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import platform
@@ -17,13 +16,22 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from etl.cli import parse  # noqa: E402
 from etl.world import WorldConfig, write_world  # noqa: E402
 
 OUT_JSON = Path(__file__).with_suffix(".json")
+
+
+@dataclass
+class BenchGenerateConfig:
+    behaviors: int = field(default=10_000_000, metadata={"help": "target behavior rows"})
+    seed: int = 0
+    keep: Path | None = field(default=None, metadata={"help": "write the world here and keep it"})
 
 
 def _peak_rss_mib() -> float:
@@ -73,11 +81,7 @@ def run(behaviors: int, seed: int, keep: Path | None) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--behaviors", type=int, default=10_000_000, help="target behavior rows")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--keep", type=Path, default=None, help="write the world here and keep it")
-    args = p.parse_args()
+    args = parse(BenchGenerateConfig, description=__doc__.split("\n\n")[0])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     result = run(args.behaviors, args.seed, args.keep)
     width = max(len(k) for k in result)

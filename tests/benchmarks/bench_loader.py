@@ -9,11 +9,11 @@ shuffling on, at batch sizes 512 and 4096. Prints a table and writes JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +21,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from etl.cli import parse
 from etl.spec import FeatureSpec, FieldSpec
 from train.data import batch_columns, make_loader, plan_shards
 
 SPARSE = ["user", "ad", "cate", "brand", "campaign", "customer", "slot", "gender", "age", "hour"]
 SEQUENCE = ["hist_item", "hist_cate", "hist_btag"]
+
+
+@dataclass
+class BenchLoaderConfig:
+    rows: int = 500_000
+    files: int = 8
+    row_group: int = field(default=65_536, metadata={"help": "rows per row group"})
+    max_len: int = 50
+    batch_sizes: str = field(default="512,4096", metadata={"help": "comma-separated"})
+    out: str = "data/bench/bench_loader.json"
 
 
 def make_spec(max_len: int) -> FeatureSpec:
@@ -95,14 +106,7 @@ def time_in_memory(tensors: dict[str, torch.Tensor], batch_size: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=500_000)
-    parser.add_argument("--files", type=int, default=8)
-    parser.add_argument("--row-group", type=int, default=65_536, help="rows per row group")
-    parser.add_argument("--max-len", type=int, default=50)
-    parser.add_argument("--batch-sizes", default="512,4096")
-    parser.add_argument("--out", default="data/bench/bench_loader.json")
-    args = parser.parse_args(argv)
+    args = parse(BenchLoaderConfig, argv, description=__doc__.split("\n")[0])
     torch.set_num_threads(1)
     spec = make_spec(args.max_len)
     results = []

@@ -3,9 +3,10 @@
 On a synthetic world (DESIGN.md section 4) the truth table gives the best possible AUC on the
 very test rows the models are scored on. Steps (each reused when its output exists):
 generate the world, run the ETL (local Spark, in process), train every model with Ray Train
-(``--num-workers`` CPU workers unless ``--use-gpu``), join the oracle. Prints one table (CTR,
-CVR on clicked rows, CTCVR AUC, GAUC, the gap to the oracle per AUC, training seconds) and
-writes JSON. Not run by CI.
+(``--num-workers`` CPU workers unless ``--use-gpu``), join the oracle. Prints one table
+(train/report.py, as the quickstart's: the metric registry's table metrics, CVR on clicked
+rows, the gap to the oracle per AUC; plus epochs run and training seconds) and writes JSON.
+Not run by CI.
 
     python tests/benchmarks/bench_quality.py                      # the "learnable" world
     python tests/benchmarks/bench_quality.py --ads 0 --items 0 --cates 0 --brands 0  # default
@@ -18,53 +19,57 @@ click bias of the world (std 0.4 on the logit) stays hard to learn at ~30 impres
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from etl.cli import KeyValues, parse
 from etl.world import WorldConfig, write_world
-from train.loop import connect_ray, run_training
-from train.metrics import evaluate
+from train.driver import connect_ray, run_training
+from train.metrics import AUC_METRICS
 from train.models import MODEL_NAMES
-from train.train_config import TrainConfig
+from train.report import PREDICTIONS, comparison_table, evaluate_frame
+from train.train_config import LOADERS, TrainConfig
 
-AUCS = ("ctr_auc", "cvr_auc", "ctcvr_auc")
-KEYS = ("click", "conversion", "n_future_views")
-PREDS = ("pctr", "pcvr", "pctcvr", "expected_views")
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", default="data/bench/quality")
-    p.add_argument("--users", type=int, default=6000)
-    p.add_argument("--days", type=int, default=8)
-    p.add_argument("--ads", type=int, default=300, help="0: the generator's default")
-    p.add_argument("--items", type=int, default=3000, help="0: the generator's default")
-    p.add_argument("--cates", type=int, default=30, help="0: the generator's default")
-    p.add_argument("--brands", type=int, default=120, help="0: the generator's default")
-    p.add_argument("--seed", type=int, default=0, help="world seed")
-    p.add_argument("--max-len", type=int, default=20)
-    p.add_argument("--models", default=",".join(MODEL_NAMES))
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--patience", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--use-gpu", action="store_true")
-    p.add_argument("--loader", default="petastorm")
-    p.add_argument("--param", action="append", default=[], metavar="MODEL:KEY=VALUE")
-    p.add_argument("--out", default="data/bench/bench_quality.json")
-    return p.parse_args(argv)
+SIZE_HELP = {"help": "0: the generator's default"}
 
 
-def world_config(args: argparse.Namespace) -> WorldConfig:
-    sizes = {k: getattr(args, k) or None for k in ("ads", "items", "cates", "brands")}
-    return WorldConfig(users=args.users, days=args.days, seed=args.seed, **sizes)
+@dataclass
+class BenchQualityConfig:
+    data_dir: str = "data/bench/quality"
+    users: int = 6000
+    days: int = 8
+    ads: int = field(default=300, metadata=SIZE_HELP)
+    items: int = field(default=3000, metadata=SIZE_HELP)
+    cates: int = field(default=30, metadata=SIZE_HELP)
+    brands: int = field(default=120, metadata=SIZE_HELP)
+    seed: int = field(default=0, metadata={"help": "world seed"})
+    max_len: int = 20
+    models: str = ",".join(MODEL_NAMES)
+    epochs: int = 6
+    patience: int = 2
+    batch_size: int = 512
+    lr: float = 3e-3
+    num_workers: int = 2
+    use_gpu: bool = False
+    loader: str = field(default="petastorm", metadata={"choices": LOADERS})
+    param: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "one model's hyperparameter",
+            "option": KeyValues("--param", "param", "MODEL:KEY=VALUE"),
+        },
+    )
+    out: str = "data/bench/bench_quality.json"
+
+
+def world_config(cfg: BenchQualityConfig) -> WorldConfig:
+    sizes = {k: getattr(cfg, k) or None for k in ("ads", "items", "cates", "brands")}
+    return WorldConfig(users=cfg.users, days=cfg.days, seed=cfg.seed, **sizes)
 
 
 def ensure_world(cfg: WorldConfig, raw: Path) -> None:
@@ -98,29 +103,24 @@ def oracle_rows(raw: Path, lake: Path) -> pd.DataFrame:
     return oracle_frame(get_spark("bench-quality-oracle", master="local[2]"), raw, lake)
 
 
-def model_params(items: list[str], model: str) -> dict[str, str]:
-    params = {}
-    for item in items:
-        name, _, kv = item.partition(":")
-        if name == model:
-            key, _, value = kv.partition("=")
-            params[key] = value
-    return params
+def model_params(params: dict[str, str], model: str) -> dict[str, str]:
+    """The hyperparameters of ``model`` among ``--param MODEL:KEY=VALUE`` ones."""
+    return {k.partition(":")[2]: v for k, v in params.items() if k.partition(":")[0] == model}
 
 
-def train_one(args: argparse.Namespace, lake: Path, model: str) -> tuple[dict, pd.DataFrame]:
+def train_one(bench: BenchQualityConfig, lake: Path, model: str) -> tuple[dict, pd.DataFrame]:
     cfg = TrainConfig(
         lake=str(lake),
         model=model,
-        model_params=model_params(args.param, model),
-        num_workers=args.num_workers,
-        use_gpu=args.use_gpu,
-        epochs=args.epochs,
-        patience=args.patience,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        loader=args.loader,
-        storage_path=str(Path(args.data_dir).resolve() / "ray_results"),
+        model_params=model_params(bench.param, model),
+        num_workers=bench.num_workers,
+        use_gpu=bench.use_gpu,
+        epochs=bench.epochs,
+        patience=bench.patience,
+        batch_size=bench.batch_size,
+        lr=bench.lr,
+        loader=bench.loader,
+        storage_path=str(Path(bench.data_dir).resolve() / "ray_results"),
         name=f"quality-{model}-{int(time.time())}",
         log_every=0,
     )
@@ -137,20 +137,14 @@ def train_one(args: argparse.Namespace, lake: Path, model: str) -> tuple[dict, p
     return info, preds
 
 
-def score(frame: pd.DataFrame, cols: dict[str, str]) -> dict[str, float]:
-    labels = {k: frame[k].to_numpy() for k in KEYS}
-    preds = {p: frame[cols[p]].to_numpy() for p in PREDS}
-    return evaluate(labels, preds, frame["user_key"].to_numpy())
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    data = Path(args.data_dir).resolve()
-    cfg = world_config(args)
+    bench = parse(BenchQualityConfig, argv, description=__doc__.split("\n")[0])
+    data = Path(bench.data_dir).resolve()
+    cfg = world_config(bench)
     raw, lake = data / "raw", data / "lake"
     t0 = time.perf_counter()
     ensure_world(cfg, raw)
-    etl_seconds = ensure_lake(raw, lake, args.max_len)
+    etl_seconds = ensure_lake(raw, lake, bench.max_len)
     oracle = oracle_rows(raw, lake)
     print(
         f"world {cfg.sizes()} users {cfg.users}; ETL {etl_seconds:.0f}s; "
@@ -158,26 +152,27 @@ def main(argv: list[str] | None = None) -> int:
         f"{int(oracle.conversion.sum())} conversions",
         flush=True,
     )
-    truth = oracle.rename(columns={p: f"true_{p}" for p in PREDS})
-    rows = {"oracle": score(truth, {p: f"true_{p}" for p in PREDS})}
+    truth = oracle.rename(columns={p: f"true_{p}" for p in PREDICTIONS})
+    rows = {"oracle": evaluate_frame(truth, prefix="true_")}
     info: dict[str, dict] = {}
-    connect_ray(TrainConfig(num_workers=args.num_workers, ray_num_cpus=0))
-    for model in [m for m in args.models.split(",") if m]:
-        info[model], preds = train_one(args, lake, model)
+    connect_ray(TrainConfig(num_workers=bench.num_workers, ray_num_cpus=0))
+    for model in [m for m in bench.models.split(",") if m]:
+        info[model], preds = train_one(bench, lake, model)
         joined = truth.merge(
-            preds[["impression_id", *PREDS]], on="impression_id", how="inner", validate="1:1"
+            preds[["impression_id", *PREDICTIONS]],
+            on="impression_id",
+            how="inner",
+            validate="1:1",
         )
         if len(joined) != len(truth):
             raise SystemExit(f"{model}: {len(joined)} of {len(truth)} oracle rows predicted")
-        rows[model] = score(joined, {p: p for p in PREDS})
-        print(
-            f"{model}: {json.dumps({k: round(rows[model][k], 4) for k in AUCS})} {info[model]}",
-            flush=True,
-        )
+        rows[model] = evaluate_frame(joined)
+        aucs = {k: round(rows[model][k], 4) for k in AUC_METRICS}
+        print(f"{model}: {json.dumps(aucs)} {info[model]}", flush=True)
     print()
     print(table(rows, info))
     report = {
-        "args": vars(args),
+        "args": asdict(bench),
         "world": cfg.to_dict(),
         "machine": platform.platform(),
         "etl_seconds": round(etl_seconds, 1),
@@ -185,27 +180,20 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": rows,
         "runs": info,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2, default=float))
-    print(f"wrote {args.out}")
+    Path(bench.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(bench.out).write_text(json.dumps(report, indent=2, default=float))
+    print(f"wrote {bench.out}")
     return 0
 
 
 def table(rows: dict[str, dict[str, float]], info: dict[str, dict]) -> str:
-    oracle = rows["oracle"]
-    head = f"{'model':<9}" + "".join(f"{m:>11}" for m in (*AUCS, "ctr_gauc"))
-    head += "".join(f"{'gap ' + m.removesuffix('_auc'):>10}" for m in AUCS)
-    head += f"{'epochs':>8}{'train s':>9}"
-    lines = [head, "-" * len(head)]
-    for name, m in rows.items():
-        line = f"{name:<9}" + "".join(f"{m.get(k, np.nan):>11.4f}" for k in (*AUCS, "ctr_gauc"))
-        if name == "oracle":
-            lines.append(line)
-            continue
-        line += "".join(f"{oracle[k] - m[k]:>10.4f}" for k in AUCS)
-        line += f"{info[name]['epochs_run']:>8}{info[name]['train_seconds']:>9.0f}"
-        lines.append(line)
-    return "\n".join(lines)
+    """The shared result table (train/report.py), with epochs run and training seconds."""
+    models = {name: m for name, m in rows.items() if name != "oracle"}
+    extra = {
+        "epochs": {name: str(run["epochs_run"]) for name, run in info.items()},
+        "train s": {name: f"{run['train_seconds']:.0f}" for name, run in info.items()},
+    }
+    return comparison_table(models, rows["oracle"], extra)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Training throughput per model: samples/s of Ray Train (DDP: gloo on CPU, NCCL on GPU).
 
 Writes a samples-like Delta lake once (local Spark; or pass --lake for an ETL lake), then for
-each model runs train.loop.run_training for a few epochs of at most --steps steps per worker and
+each model runs train.driver.run_training for a few epochs of at most --steps steps per worker and
 reports the last epoch's training samples/s (all workers together; the first epoch includes
 worker start-up and is left out). Prints a table and writes JSON.
 
@@ -11,19 +11,35 @@ worker start-up and is left out). Prints a table and writes JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from etl.cli import parse
 from etl.spec import FeatureSpec
-from train.loop import connect_ray, run_training
+from train.driver import connect_ray, run_training
 from train.models import MODEL_NAMES
-from train.train_config import TrainConfig
+from train.train_config import LOADERS, TrainConfig
 
 SPLIT_DAYS = {"train": "2017-05-06", "valid": "2017-05-07", "test": "2017-05-08"}
+
+
+@dataclass
+class BenchTrainConfig:
+    lake: str = field(default="", metadata={"help": "existing lake (default: generate one)"})
+    rows: int = 200_000
+    max_len: int = 50
+    models: str = ",".join(MODEL_NAMES)
+    epochs: int = 2
+    steps: int = field(default=30, metadata={"help": "max steps per epoch and worker"})
+    batch_size: int = 1024
+    num_workers: int = 2
+    loader: str = field(default="petastorm", metadata={"choices": LOADERS})
+    use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker, bf16"})
+    out: str = "data/bench/bench_train.json"
 
 
 def write_lake(lake: Path, rows: int, max_len: int, files: int) -> FeatureSpec:
@@ -55,19 +71,7 @@ def write_lake(lake: Path, rows: int, max_len: int, files: int) -> FeatureSpec:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--lake", default="", help="existing lake (default: generate one)")
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--max-len", type=int, default=50)
-    parser.add_argument("--models", default=",".join(MODEL_NAMES))
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=30, help="max steps per epoch and worker")
-    parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--loader", default="petastorm")
-    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, bf16")
-    parser.add_argument("--out", default="data/bench/bench_train.json")
-    args = parser.parse_args(argv)
+    args = parse(BenchTrainConfig, argv, description=__doc__.split("\n")[0])
 
     with tempfile.TemporaryDirectory() as folder:
         lake = Path(args.lake) if args.lake else Path(folder) / "lake"
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['model']:<9} {r['samples_per_s']:>10,.0f} {r['first_epoch_samples_per_s']:>12,.0f}"
             f" {r['run_seconds']:>7.1f} {r['test_ctcvr_auc']:>15.4f}"
         )
-    report = {"args": vars(args), "machine": _machine(args.use_gpu), "results": results}
+    report = {"args": asdict(args), "machine": _machine(args.use_gpu), "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")
