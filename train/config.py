@@ -26,6 +26,14 @@ class ModelConfig:
     ctr_weight: float = 1.0  # weight of the CTR loss
     cvr_weight: float = 1.0  # weight of the CVR loss (CTCVR loss for entire-space models)
 
+    def mlp_options(self) -> dict[str, Any]:
+        """The keyword arguments every MLP block of the model takes from this config."""
+        return {
+            "activation_name": self.activation,
+            "dropout": self.dropout,
+            "batch_norm": self.batch_norm,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serializable dict (tuples become lists)."""
         return {

@@ -23,9 +23,7 @@ class DeepFMNet(nn.Module):
             self.embedding.num_fields * cfg.embedding_dim,
             cfg.dnn_hidden,
             output_dim=1,
-            activation_name=cfg.activation,
-            dropout=cfg.dropout,
-            batch_norm=cfg.batch_norm,
+            **cfg.mlp_options(),
         )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

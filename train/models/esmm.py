@@ -18,11 +18,7 @@ class ESMM(BaseModel):
         super().__init__(spec, cfg)
         self.embedding = FeatureEmbedding(spec, cfg.embedding_dim, cfg.dense_log1p)
         input_dim = self.embedding.num_fields * cfg.embedding_dim
-        mlp = {
-            "activation_name": cfg.activation,
-            "dropout": cfg.dropout,
-            "batch_norm": cfg.batch_norm,
-        }
+        mlp = cfg.mlp_options()
         self.ctr_tower = MLP(input_dim, cfg.tower_hidden, output_dim=1, **mlp)
         self.cvr_tower = MLP(input_dim, cfg.tower_hidden, output_dim=1, **mlp)
 

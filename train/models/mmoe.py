@@ -24,11 +24,7 @@ class MMoE(BaseModel):
             raise ValueError("mmoe: needs num_experts >= 1 and a non-empty expert_hidden")
         self.embedding = FeatureEmbedding(spec, cfg.embedding_dim, cfg.dense_log1p)
         input_dim = self.embedding.num_fields * cfg.embedding_dim
-        mlp = {
-            "activation_name": cfg.activation,
-            "dropout": cfg.dropout,
-            "batch_norm": cfg.batch_norm,
-        }
+        mlp = cfg.mlp_options()
         self.experts = nn.ModuleList(
             MLP(input_dim, cfg.expert_hidden, **mlp) for _ in range(cfg.num_experts)
         )

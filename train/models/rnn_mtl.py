@@ -55,11 +55,7 @@ class RNNMTL(BaseModel):
                 len(self.query_fields) * dim, cfg.gru_hidden, cfg.attention_hidden
             )
             shared_in += cfg.gru_hidden
-        mlp = {
-            "activation_name": cfg.activation,
-            "dropout": cfg.dropout,
-            "batch_norm": cfg.batch_norm,
-        }
+        mlp = cfg.mlp_options()
         self.shared = MLP(shared_in, cfg.shared_hidden, **mlp)
         self.towers = torch.nn.ModuleDict(
             {
