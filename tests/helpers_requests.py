@@ -1,0 +1,86 @@
+"""Raw ranking requests for the serving tests: a valid one and a corpus of bad ones.
+
+Each bad case is (name, change to the request, params, words the error message must hold).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+Request = dict[str, Any]
+
+
+def good_request(time: int = 1_494_100_000, candidates: list[int] | None = None) -> Request:
+    return {
+        "user_id": 7,
+        "time": time,
+        "pid": "430548_1007",
+        "candidates": candidates or [11, 12, 13],
+        "events": [
+            {"time": time - 600, "btag": "pv", "cate": 3, "brand": 5},
+            {"time": time - 60, "btag": "cart", "cate": 3, "brand": None},
+        ],
+        "profile": {"final_gender_code": 1, "age_level": 3},
+    }
+
+
+def _set(key: str, value: Any) -> Callable[[Request], Request]:
+    def change(request: Request) -> Request:
+        out = copy.deepcopy(request)
+        out[key] = value
+        return out
+
+    return change
+
+
+def _drop(key: str) -> Callable[[Request], Request]:
+    def change(request: Request) -> Request:
+        out = copy.deepcopy(request)
+        del out[key]
+        return out
+
+    return change
+
+
+def _event(index: int, **values: Any) -> Callable[[Request], Request]:
+    def change(request: Request) -> Request:
+        out = copy.deepcopy(request)
+        out["events"][index] = {**out["events"][index], **values}
+        return out
+
+    return change
+
+
+def _same(request: Request) -> Request:
+    return copy.deepcopy(request)
+
+
+def _swap_events(request: Request) -> Request:
+    out = copy.deepcopy(request)
+    out["events"] = out["events"][::-1]
+    return out
+
+
+BAD_REQUESTS: list[tuple[str, Callable[[Request], Request], dict, list[str]]] = [
+    ("unknown-policy", _same, {"policy": "best"}, ["unknown policy", "best"]),
+    ("bad-policy-param", _same, {"policy": "softmax:0"}, ["temperature"]),
+    ("negative-beta", _same, {"policy": "incentive", "beta": -1.0}, ["beta"]),
+    ("beta-for-uniform", _same, {"policy": "uniform", "beta": 0.5}, ["takes no beta"]),
+    ("bad-k", _same, {"k": -3}, ["k"]),
+    ("empty-slate", _set("candidates", []), {}, ["empty slate"]),
+    ("too-many-candidates", _set("candidates", list(range(10_001))), {}, ["10001", "limit"]),
+    ("non-numeric-candidate", _set("candidates", [11, "x"]), {}, ["candidates"]),
+    ("non-numeric-user", _set("user_id", "abc"), {}, ["user_id"]),
+    ("missing-user", _drop("user_id"), {}, ["user_id"]),
+    ("missing-time", _drop("time"), {}, ["time"]),
+    ("missing-pid", _drop("pid"), {}, ["pid"]),
+    ("missing-candidates", _drop("candidates"), {}, ["candidates"]),
+    ("events-out-of-order", _swap_events, {}, ["time order"]),
+    ("event-after-request", _event(1, time=1_494_100_500), {}, ["after the request time"]),
+    ("unknown-btag", _event(0, btag="click"), {}, ["btag"]),
+    ("event-without-time", _event(0, time=None), {}, ["time"]),
+    ("events-not-a-list", _set("events", "pv,cart"), {}, ["events"]),
+    ("fractional-time", _set("time", 1_494_100_000.5), {}, ["time"]),
+]

@@ -1,0 +1,283 @@
+"""Raw ranking requests: validation, scoring of each slate and the ranked response.
+
+A request is what a shop's ranking service (or the closed-loop simulation) has: a user, the
+request time, the slot, the user's recent behaviors as raw values and a slate of candidate ad
+ids. ``parse_requests`` checks every field and raises ``BadRequest`` (a ``ValueError`` whose
+message names the problem and the request) before anything is scored; the served model turns it
+into HTTP 400. ``rank`` scores each validated request with a ``score_slate`` callback (features +
+model: train/pyfunc.py) and applies a ranking policy (train/policy.py).
+
+Request fields: ``user_id`` (int), ``time`` (Unix seconds), ``pid`` (slot string),
+``candidates`` (list of ad ids, 1..MAX_CANDIDATES), optional ``events`` (list of
+``{"time", "btag", "cate", "brand"}``, optionally ``"item"``; in time order, none after
+``time``) and optional ``profile`` (user_profile.csv fields; absent = null).
+Params: ``policy`` (a train.policy spec, default greedy), ``beta`` (the incentive weight for
+policies that take one), ``k`` (how many ranked candidates to return, default all), ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from train.policy import Choice, Policy, Slate, make_policy
+
+MAX_CANDIDATES = 10_000
+BTAGS = ("pv", "cart", "fav", "buy")
+REQUIRED = ("user_id", "time", "pid", "candidates")
+OPTIONAL = ("events", "profile")
+EVENT_KEYS = ("time", "btag", "cate", "brand")
+OPTIONAL_EVENT_KEYS = ("item",)
+RESPONSE_SCORES = ("pctr", "pcvr", "pctcvr", "expected_views", "score")
+
+
+class BadRequest(ValueError):
+    """A request the service refuses; the message says which request and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Event:
+    time: int
+    btag: str
+    cate: int | None
+    brand: int | None
+    item: int | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    user_id: int
+    time: int
+    pid: str
+    candidates: list[int]
+    events: list[Event] = field(default_factory=list)
+    profile: dict[str, int | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Params:
+    policy: Policy
+    k: int | None
+    seed: int | None
+
+
+def is_raw_request_frame(frame: pd.DataFrame) -> bool:
+    """Raw requests (``user_id``, ``candidates``...) rather than encoded sample rows."""
+    return "candidates" in frame.columns
+
+
+def parse_requests(frame: pd.DataFrame) -> list[Request]:
+    """Every row as a validated ``Request``; the first bad one raises ``BadRequest``."""
+    missing = [c for c in REQUIRED if c not in frame.columns]
+    if missing:
+        raise BadRequest(f"requests lack the required fields {missing} (need {list(REQUIRED)})")
+    unknown = sorted(set(frame.columns) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise BadRequest(f"unknown request fields {unknown}; known: {[*REQUIRED, *OPTIONAL]}")
+    if frame.empty:
+        raise BadRequest("no requests")
+    return [_request(i, row) for i, row in enumerate(frame.to_dict("records"))]
+
+
+def _request(i: int, row: Mapping[str, Any]) -> Request:
+    where = f"request {i}"
+    time = _integer(row.get("time"), f"{where}: time")
+    if time < 0:
+        raise BadRequest(f"{where}: time must be Unix seconds >= 0, got {time}")
+    pid = row.get("pid")
+    if not isinstance(pid, str) or not pid.strip():
+        raise BadRequest(f"{where}: pid must be a non-empty slot string, got {pid!r}")
+    return Request(
+        user_id=_integer(row.get("user_id"), f"{where}: user_id"),
+        time=time,
+        pid=pid,
+        candidates=_candidates(row.get("candidates"), where),
+        events=_events(row.get("events"), time, where),
+        profile=_profile(row.get("profile"), where),
+    )
+
+
+def _integer(value: Any, what: str, nullable: bool = False) -> int | None:
+    """An int from a JSON number or a numeric string; bools, fractions and NaN are refused."""
+    if _missing(value):
+        if nullable:
+            return None
+        raise BadRequest(f"{what} is missing")
+    if isinstance(value, bool | np.bool_):
+        raise BadRequest(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.lstrip("-").isdigit():
+            raise BadRequest(f"{what} must be an integer, got {value!r}")
+        return int(text)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating) and math.isfinite(value) and value == int(value):
+        return int(value)
+    raise BadRequest(f"{what} must be an integer, got {value!r}")
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _as_list(value: Any, what: str) -> list[Any]:
+    if isinstance(value, np.ndarray):
+        return list(value)
+    if not isinstance(value, list | tuple):
+        raise BadRequest(f"{what} must be a list, got {type(value).__name__}")
+    return list(value)
+
+
+def _candidates(value: Any, where: str) -> list[int]:
+    if _missing(value):
+        raise BadRequest(f"{where}: candidates is missing")
+    ids = _as_list(value, f"{where}: candidates")
+    if not ids:
+        raise BadRequest(f"{where}: empty slate: candidates needs at least one ad id")
+    if len(ids) > MAX_CANDIDATES:
+        raise BadRequest(f"{where}: {len(ids)} candidates, more than the limit {MAX_CANDIDATES}")
+    return [_integer(v, f"{where}: candidates[{j}]") for j, v in enumerate(ids)]
+
+
+def _events(value: Any, time: int, where: str) -> list[Event]:
+    if _missing(value):
+        return []
+    events = []
+    for j, raw in enumerate(_as_list(value, f"{where}: events")):
+        what = f"{where}: events[{j}]"
+        if not isinstance(raw, Mapping):
+            raise BadRequest(f"{what} must be an object with {list(EVENT_KEYS)}")
+        missing = [k for k in ("time", "btag") if k not in raw]
+        unknown = sorted(set(raw) - set(EVENT_KEYS) - set(OPTIONAL_EVENT_KEYS))
+        if missing or unknown:
+            raise BadRequest(f"{what}: missing {missing}, unknown {unknown}")
+        if raw["btag"] not in BTAGS:
+            raise BadRequest(f"{what}: btag must be one of {list(BTAGS)}, got {raw['btag']!r}")
+        events.append(
+            Event(
+                time=_integer(raw["time"], f"{what}.time"),
+                btag=raw["btag"],
+                cate=_integer(raw.get("cate"), f"{what}.cate", nullable=True),
+                brand=_integer(raw.get("brand"), f"{what}.brand", nullable=True),
+                item=_integer(raw.get("item"), f"{what}.item", nullable=True),
+            )
+        )
+    times = [e.time for e in events]
+    if any(b < a for a, b in zip(times, times[1:], strict=False)):
+        raise BadRequest(f"{where}: events are not in time order")
+    if times and times[-1] > time:
+        raise BadRequest(f"{where}: an event at {times[-1]} is after the request time {time}")
+    return events
+
+
+def _profile(value: Any, where: str) -> dict[str, int | None]:
+    if _missing(value):
+        return {}
+    if not isinstance(value, Mapping):
+        raise BadRequest(f"{where}: profile must be an object of user_profile.csv fields")
+    return {str(k): _integer(v, f"{where}: profile.{k}", nullable=True) for k, v in value.items()}
+
+
+def parse_params(params: Mapping[str, Any] | None) -> Params:
+    """Policy (a train.policy spec, default greedy), ``beta``, ``k`` and ``seed``.
+
+    ``beta`` (None: the policy's own) sets the incentive weight of the policies that have one
+    (incentive, incentive_mult, epsilon_greedy, softmax); greedy, uniform and the oracle take
+    only beta = 0."""
+    params = dict(params or {})
+    try:
+        policy = make_policy(str(params.get("policy") or "greedy"))
+        beta = params.get("beta")
+        if not _missing(beta):
+            if hasattr(policy, "beta"):
+                policy = replace(policy, beta=float(beta))
+            elif float(beta) != 0:
+                raise ValueError(f"policy {policy.name} takes no beta")
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"params: {exc}") from None
+    k = params.get("k")
+    k = None if _missing(k) or k == 0 else _integer(k, "params: k")
+    if k is not None and k < 1:
+        raise BadRequest(f"params: k must be >= 1, got {k}")
+    seed = params.get("seed")
+    return Params(policy, k, None if _missing(seed) else _integer(seed, "params: seed"))
+
+
+ScoreSlate = Callable[[Request], Mapping[str, np.ndarray]]
+
+
+def rank(
+    requests: Sequence[Request], params: Params, score_slate: ScoreSlate
+) -> list[dict[str, Any]]:
+    """One response per request: the ranked candidates with their scores and the choice's
+    propensity. ``score_slate(request)`` returns pctr, pcvr, pctcvr, expected_views per
+    candidate (and, for the oracle, ``truth``)."""
+    rng = np.random.default_rng(params.seed)
+    return [_respond(r, params, score_slate(r), rng) for r in requests]
+
+
+def _respond(
+    request: Request, params: Params, scores: Mapping[str, np.ndarray], rng: np.random.Generator
+) -> dict[str, Any]:
+    slate = Slate(scores["pctcvr"], scores["expected_views"], scores.get("truth"))
+    choice: Choice = params.policy.choose(slate, rng)
+    policy_scores = np.asarray(params.policy.scores(slate), dtype=np.float64)
+    top = choice.ranking[: params.k] if params.k else choice.ranking
+    ranked = [
+        {
+            "ad_id": request.candidates[i],
+            **{k: float(scores[k][i]) for k in RESPONSE_SCORES if k != "score"},
+            "score": float(policy_scores[i]),
+            "probability": float(choice.probabilities[i]),
+        }
+        for i in top
+    ]
+    return {
+        "user_id": request.user_id,
+        "policy": params.policy.name,
+        "chosen": request.candidates[choice.chosen],
+        "propensity": choice.propensity,
+        "ranking": ranked,
+    }
+
+
+class SlateScorer:
+    """Features of a request's candidates (etl/online.py) -> the network's outputs (numpy)."""
+
+    def __init__(self, model: Any, bundle: Any) -> None:
+        self.model, self.bundle = model, bundle
+
+    def __call__(self, request: Request) -> dict[str, np.ndarray]:
+        import torch
+
+        from etl.online import RankRequest, encode_request
+
+        raw = RankRequest(
+            user_id=request.user_id,
+            time=request.time,
+            candidates=np.asarray(request.candidates, dtype=np.int64),
+            pid=request.pid,
+            events=[vars(e) for e in request.events],
+            profile=request.profile,
+        )
+        try:
+            columns = encode_request(self.bundle, raw, strict=True)
+        except ValueError as exc:
+            raise BadRequest(f"request for user {request.user_id}: {exc}") from None
+        spec = self.bundle.spec
+        names = [f.name for f in spec.fields] + ([spec.length_field] if spec.sequence else [])
+        batch = {n: torch.from_numpy(_model_dtype(columns[n], spec, n)) for n in names}
+        with torch.no_grad():
+            out = self.model(batch)
+        return {k: out[k].double().numpy() for k in ("pctr", "pcvr", "pctcvr", "expected_views")}
+
+
+def _model_dtype(values: np.ndarray, spec: Any, name: str) -> np.ndarray:
+    dense = {f.name for f in spec.fields if f.kind == "dense"}
+    return values.astype(np.float32 if name in dense else np.int64)
