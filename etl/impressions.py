@@ -18,6 +18,11 @@ Rules (README "Rules"):
   brand is null, a buy in the ad's category counts.
 - history: the last ``max_len`` behaviors strictly before the impression, chronological,
   right-padded with 0; time gaps as log2 buckets of minutes.
+- impression features: hour, weekday, price_log, session_events_log, session_minutes_log.
+
+Every feature is computed by the functions of etl/features.py, which online serving
+(etl/online.py) calls on a raw request: sessions by the gap rule of ``session_starts`` (the
+same boundaries as etl/sessionize.py's Spark windows), behavior codes by ``btag_code``.
 
 Histories leave the pandas function as ``max_len`` plain int columns per feature and become
 arrays in Spark (``F.array``): PySpark converts array values from pandas element by element in
@@ -36,10 +41,19 @@ from pyspark.sql import Column, DataFrame, GroupedData
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-HISTORY_COLUMNS = ("hist_item", "hist_cate", "hist_brand", "hist_btag", "hist_gap")
-EVENT_CODE_COLUMNS = ("e_item", "e_cate", "e_brand", "e_btag")  # encoded ids on events
-GAP_BUCKETS = 16  # gap ids 2..17: 2 + floor(log2(1 + minutes)), capped
-GAP_VOCAB_SIZE = GAP_BUCKETS + 2
+from etl.features import (
+    HISTORY_COLUMNS,
+    attach_session,
+    btag_code,
+    btag_rank,
+    history,
+    impression_features,
+    run_bounds,
+    session_progress,
+    session_starts,
+)
+
+EVENT_CODE_COLUMNS = ("e_item", "e_cate", "e_brand")  # vocabulary ids on events (hist_item..)
 BUCKETS_PER_PARTITION = 4  # several buckets per shuffle partition even out the hash's skew
 PAIRS_PER_CHUNK = 1 << 22  # (click, buy) pairs matched at once: memory of heavy buyers
 HISTORY_ROWS_PER_CHUNK = 1 << 16  # impressions whose histories are gathered at once
@@ -53,6 +67,11 @@ SCALAR_OUTPUT = [
     T.StructField("session_events", T.IntegerType(), False),
     T.StructField("session_seconds", T.LongType(), False),
     T.StructField("hist_len", T.IntegerType(), False),
+    T.StructField("hour", T.IntegerType(), False),
+    T.StructField("weekday", T.IntegerType(), False),
+    T.StructField("price_log", T.FloatType(), False),
+    T.StructField("session_events_log", T.FloatType(), False),
+    T.StructField("session_minutes_log", T.FloatType(), False),
 ]
 PASS_OUTPUT = T.StructType(
     SCALAR_OUTPUT
@@ -62,7 +81,6 @@ PASS_OUTPUT = T.StructType(
 EVENT_INPUT_COLUMNS = (
     "user_id",
     "ts",
-    "btag_rank",
     "item_id",
     "cate_id",
     "brand_id",
@@ -77,6 +95,7 @@ IMPRESSION_INPUT_COLUMNS = (
     "ad_id",
     "cate_id",
     "brand_id",
+    "price",
     "click",
 )
 
@@ -88,6 +107,7 @@ class PassConfig:
     max_len: int
     conversion_match: str  # "item" or "cate_brand"
     n_buckets: int = 0  # user buckets (pandas calls); 0: BUCKETS_PER_PARTITION per partition
+    tz_offset_hours: int = 8  # hour and weekday in UTC+offset
 
 
 def bucket_count(n_rows: int, rows_per_bucket: int, shuffle_partitions: int) -> int:
@@ -153,6 +173,7 @@ def bucket_pass(ev: pd.DataFrame, imp: pd.DataFrame, cfg: PassConfig) -> pd.Data
     order of ``imp``."""
     if imp.empty:  # a bucket with behaviors only
         return _empty_flat(cfg.max_len)
+    ev = ev.assign(btag_rank=btag_rank(ev["btag"].to_numpy()))
     ev = ev.sort_values(EVENT_ORDER, na_position="first", kind="stable").reset_index(drop=True)
     imp = imp.reset_index(drop=True)
     keys = _Keys(ev, imp, cfg.attribution_seconds)
@@ -160,16 +181,22 @@ def bucket_pass(ev: pd.DataFrame, imp: pd.DataFrame, cfg: PassConfig) -> pd.Data
     upto = np.searchsorted(keys.ev, keys.imp, side="right")  # behaviors at or before
     first = np.searchsorted(keys.ev_user, keys.imp_user, side="left")  # the user's events:
     end = np.searchsorted(keys.ev_user, keys.imp_user, side="right")  # [first, end)
-    session_idx = _attach_session(keys.ev_ts, keys.imp_ts, before, first, end, cfg.gap_seconds)
+    session_idx = attach_session(keys.ev_ts, keys.imp_ts, before, first, end, cfg.gap_seconds)
     out: dict[str, object] = {"impression_id": imp["impression_id"].to_numpy(np.int64)}
-    out.update(_session_features(ev, keys, before, upto, session_idx))
+    out.update(_session_features(ev, keys, before, upto, session_idx, cfg.gap_seconds))
     out["conversion"] = _conversions(ev, imp, keys, cfg)
     out.update(_histories(ev, keys, before, first, cfg.max_len))
+    price = _floats(imp["price"])
+    out.update(
+        impression_features(
+            keys.imp_ts, price, out["session_events"], out["session_seconds"], cfg.tz_offset_hours
+        )
+    )
     return pd.DataFrame(out)
 
 
 def _empty_flat(max_len: int) -> pd.DataFrame:
-    dtypes = {T.LongType(): "int64", T.IntegerType(): "int32"}
+    dtypes = {T.LongType(): "int64", T.IntegerType(): "int32", T.FloatType(): "float32"}
     columns = {f.name: pd.Series([], dtype=dtypes[f.dataType]) for f in flat_schema(max_len)}
     columns["session_id"] = pd.Series([], dtype="Int64")
     return pd.DataFrame(columns)
@@ -201,30 +228,13 @@ class _Keys:
         return user.astype(np.int64) * len(self._times) + np.searchsorted(self._times, ts)
 
 
-def _attach_session(
-    ev_ts: np.ndarray,
-    imp_ts: np.ndarray,
-    before: np.ndarray,
-    first: np.ndarray,
-    end: np.ndarray,
-    gap: int,
-) -> np.ndarray:
-    """Index of an event of the impression's session, or -1 when it belongs to none."""
-    n = len(ev_ts)
-    if n == 0:
-        return np.full(len(imp_ts), -1)
-    prev = before - 1
-    prev_ok = (prev >= first) & (imp_ts - ev_ts[np.clip(prev, 0, n - 1)] <= gap)
-    next_ok = (before < end) & (ev_ts[np.clip(before, 0, n - 1)] - imp_ts <= gap)
-    return np.where(prev_ok, prev, np.where(next_ok, before, -1))
-
-
 def _session_features(
     ev: pd.DataFrame,
     keys: _Keys,
     before: np.ndarray,
     upto: np.ndarray,
     session_idx: np.ndarray,
+    gap: int,
 ) -> dict[str, object]:
     n_imp = len(keys.imp_ts)
     if len(ev) == 0:
@@ -236,31 +246,19 @@ def _session_features(
             "session_seconds": np.zeros(n_imp, np.int64),
         }
     sessions = ev["session_id"].to_numpy(np.int64)
-    # A session run ends where the session or the user changes (ids may repeat across users).
-    starts = np.r_[True, (sessions[1:] != sessions[:-1]) | (np.diff(keys.ev_user) != 0)]
-    first_idx, last_idx = _run_bounds(starts)
+    # Session runs by the gap rule (the boundaries of the session ids; ids repeat across users).
+    first_idx, last_idx = run_bounds(session_starts(keys.ev_user, keys.ev_ts, gap))
     cum_pv = np.concatenate([[0], np.cumsum(ev["btag"].to_numpy() == "pv")])  # pv in [0, i)
     has = session_idx >= 0
     s = np.where(has, session_idx, 0)
     future = cum_pv[last_idx[s] + 1] - cum_pv[np.maximum(upto, first_idx[s])]
-    progress = before - first_idx[s]
-    elapsed = keys.imp_ts - keys.ev_ts[first_idx[s]]
+    progress, elapsed = session_progress(keys.ev_ts, keys.imp_ts, before, session_idx, first_idx)
     return {
         "session_id": pd.Series(sessions[s], dtype="Int64").where(has),
         "n_future_views": np.where(has, np.maximum(future, 0), 0).astype(np.int32),
-        "session_events": np.where(has, np.maximum(progress, 0), 0).astype(np.int32),
-        "session_seconds": np.where(has, np.maximum(elapsed, 0), 0).astype(np.int64),
+        "session_events": progress,
+        "session_seconds": elapsed,
     }
-
-
-def _run_bounds(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each position, the first and last index of its run (runs begin where starts)."""
-    n = len(starts)
-    idx = np.arange(n)
-    first = np.maximum.accumulate(np.where(starts, idx, 0))
-    ends = np.r_[starts[1:], True]
-    last = np.minimum.accumulate(np.where(ends, idx, n)[::-1])[::-1]
-    return first, last
 
 
 def _conversions(ev: pd.DataFrame, imp: pd.DataFrame, keys: _Keys, cfg: PassConfig) -> np.ndarray:
@@ -316,38 +314,24 @@ def _expand_ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def _histories(
     ev: pd.DataFrame, keys: _Keys, before: np.ndarray, first: np.ndarray, max_len: int
 ) -> dict[str, np.ndarray]:
-    """Slot i of each history feature as column ``<feature>_i``: events [start, before) where
-    start = max(before - max_len, the user's first event), then zeros."""
+    """Slot i of each history feature as column ``<feature>_i`` (see features.history), a
+    chunk of impressions at a time (bounds the temporaries)."""
     n_imp = len(before)
-    hist_len = np.minimum(before - first, max_len).astype(np.int32)
+    codes = {
+        col: ev[code].to_numpy(np.int32)
+        for col, code in zip(HISTORY_COLUMNS[:3], EVENT_CODE_COLUMNS, strict=True)
+    }
+    codes["hist_btag"] = btag_code(ev["btag"].to_numpy())
     matrices = {c: np.zeros((n_imp, max_len), np.int32) for c in HISTORY_COLUMNS}
-    if len(ev):
-        codes = {
-            col: ev[code].to_numpy(np.int32)
-            for col, code in zip(HISTORY_COLUMNS[:-1], EVENT_CODE_COLUMNS, strict=True)
-        }
-        for start in range(0, n_imp, HISTORY_ROWS_PER_CHUNK):  # bounds the temporaries
-            rows = slice(start, start + HISTORY_ROWS_PER_CHUNK)
-            _fill_histories(matrices, rows, codes, keys, before[rows], hist_len[rows])
+    hist_len = np.zeros(n_imp, np.int32)
+    for start in range(0, n_imp, HISTORY_ROWS_PER_CHUNK):
+        rows = slice(start, start + HISTORY_ROWS_PER_CHUNK)
+        part, hist_len[rows] = history(
+            codes, keys.ev_ts, keys.imp_ts[rows], before[rows], first[rows], max_len
+        )
+        for col, matrix in part.items():
+            matrices[col][rows] = matrix
     out: dict[str, np.ndarray] = {"hist_len": hist_len}
     for (col, i), name in _slot_names(max_len).items():
         out[name] = matrices[col][:, i]
     return out
-
-
-def _fill_histories(
-    matrices: dict[str, np.ndarray],
-    rows: slice,
-    codes: dict[str, np.ndarray],
-    keys: _Keys,
-    before: np.ndarray,
-    hist_len: np.ndarray,
-) -> None:
-    slots = np.arange(matrices["hist_gap"].shape[1])[None, :]
-    valid = slots < hist_len[:, None]
-    pos = np.where(valid, (before - hist_len)[:, None] + slots, 0)
-    for col, ids in codes.items():
-        matrices[col][rows] = np.where(valid, ids[pos], 0)
-    minutes = np.maximum(keys.imp_ts[rows, None] - keys.ev_ts[pos], 0) / 60.0
-    gap = 2 + np.minimum(np.floor(np.log2(1.0 + minutes)), GAP_BUCKETS - 1)
-    matrices["hist_gap"][rows] = np.where(valid, gap, 0)

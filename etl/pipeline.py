@@ -1,4 +1,5 @@
-"""The ETL: raw logs -> bronze, quarantine, events, sessions, impressions, vocab, samples, spec.
+"""The ETL: raw logs -> bronze, quarantine, events, sessions, ads, impressions, vocab, samples,
+spec.
 
 Every table is written with one atomic Delta overwrite, so a rerun over the same input gives
 the same contents and a crash leaves the previous version readable. The feature spec is written
@@ -17,10 +18,10 @@ from pyspark.sql import functions as F
 
 from etl import storage
 from etl.config import EtlConfig
+from etl.features import SEQUENCE_SOURCE
 from etl.impressions import PassConfig, bucket_count, label_and_history
 from etl.lake import last_commit, read_table, table_path, write_samples, write_table
 from etl.samples import (
-    SEQUENCE_SOURCE,
     Splits,
     assign_splits,
     build_vocabularies,
@@ -34,6 +35,7 @@ from etl.sessionize import local_day, sessionize, summarize_sessions
 from etl.sources import check_reconciliation, load_source
 from etl.sources.base import FileReport, InputError, SourceConfig, SourceData
 from etl.spec import FeatureSpec
+from etl.tables import AD_TABLE
 from etl.vocab import vocab_sizes
 from etl.wide import build_wide_samples
 
@@ -131,9 +133,11 @@ def _build_session_tables(
     summary.stats["sessions"] = float(summary.rows["sessions"])
     impressions = _keyed_impressions(data.impressions, tz)
     splits = _splits(impressions, cfg)
+    # The ads exactly as joined: the ad table a model ships for online features (etl/online.py).
+    ads = write(_one_row_per_key(data.ads, ADS, "ad_id"), AD_TABLE, None)
     enriched = (
         impressions.withColumn("split", splits.column(F.col("day")))
-        .join(_one_row_per_key(data.ads, ADS, "ad_id"), "ad_id", "left")
+        .join(ads, "ad_id", "left")
         .join(_one_row_per_key(data.users, USERS, "user_id"), "user_id", "left")
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
@@ -157,6 +161,7 @@ def _build_session_tables(
             cfg.max_len,
             data.conversion_match,
             n_buckets,
+            tz,
         ),
     ).persist(StorageLevel.MEMORY_AND_DISK)
     labeled = enriched.join(passed, "impression_id")
@@ -164,12 +169,17 @@ def _build_session_tables(
     known = events.agg(*[F.count(c).alias(c) for c in SEQUENCE_SOURCE.values()]).collect()[0]
     events_have = {c: known[c] > 0 for c in SEQUENCE_SOURCE.values()}
     fields = feature_fields(vocab_sizes(vocab), events_have)
-    samples = encode_impression_features(labeled, vocab, tz).select(*sample_columns(fields))
+    samples = encode_impression_features(labeled, vocab).select(*sample_columns(fields))
     write_samples(spark, samples, cfg, write)
     enriched.unpersist()
     passed.unpersist()
     return FeatureSpec(
-        source=cfg.source, max_len=cfg.max_len, fields=fields, splits=splits.as_dict()
+        source=cfg.source,
+        max_len=cfg.max_len,
+        fields=fields,
+        splits=splits.as_dict(),
+        gap_seconds=cfg.gap_seconds,
+        tz_offset_hours=tz,
     )
 
 

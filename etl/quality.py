@@ -39,11 +39,11 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from etl.schemas import BTAGS, QUARANTINE
+from etl.features import BTAGS, NULL_TOKENS
+from etl.schemas import QUARANTINE
 
 log = logging.getLogger(__name__)
 
-NULL_TOKENS = ("", "NULL", "null")  # values read as null in nullable columns
 UTC8 = timezone(timedelta(hours=8))
 
 # Kinds of a raw column -> (regex the trimmed text must match, reason code when it does not).

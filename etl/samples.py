@@ -2,7 +2,8 @@
 
 Vocabularies are built on the train period only: train impressions and the behaviors logged
 before the first valid/test day. Events are encoded before the per-user pass, so histories are
-built from ids directly.
+built from ids directly. The fields and what defines each one live in etl/features.py; hour,
+weekday and the dense features come out of the per-user pass (etl/impressions.py).
 """
 
 from __future__ import annotations
@@ -13,38 +14,17 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from etl.impressions import GAP_VOCAB_SIZE, HISTORY_COLUMNS
-from etl.schemas import BTAGS, USER_PROFILE_FIELDS
-from etl.sessionize import btag_rank
+from etl.features import (
+    DENSE_FIELDS,
+    EVENT_FIELDS,
+    FIRST_ID,
+    FIXED_VOCAB_SIZES,
+    SEQUENCE_SOURCE,
+    SEQUENCE_VOCABS,
+    SPARSE_FIELDS,
+)
 from etl.spec import FieldSpec
-from etl.vocab import FIRST_ID, build_vocab, encode_column
-
-# (samples field, column of the enriched impressions, vocabulary) for learned vocabularies.
-SPARSE_FIELDS: tuple[tuple[str, str, str], ...] = (
-    ("user", "user_id", "user"),
-    ("ad", "ad_id", "item"),
-    ("cate", "cate_id", "cate"),
-    ("brand", "brand_id", "brand"),
-    ("campaign", "campaign_id", "campaign"),
-    ("customer", "customer_id", "customer"),
-    ("slot", "slot", "slot"),
-    *((name, name, name) for name in USER_PROFILE_FIELDS),
-)
-# (events column, encoded column, vocabulary) shared with the ad-side fields above.
-EVENT_FIELDS = (
-    ("item_id", "e_item", "item"),
-    ("cate_id", "e_cate", "cate"),
-    ("brand_id", "e_brand", "brand"),
-)
-SEQUENCE_VOCABS = dict(zip(HISTORY_COLUMNS, ("item", "cate", "brand", "btag", "gap"), strict=True))
-SEQUENCE_SOURCE = {"hist_item": "item_id", "hist_cate": "cate_id", "hist_brand": "brand_id"}
-FIXED_VOCAB_SIZES = {
-    "hour": 24 + FIRST_ID,
-    "weekday": 7 + FIRST_ID,
-    "btag": len(BTAGS) + FIRST_ID,
-    "gap": GAP_VOCAB_SIZE,
-}
-DENSE_FIELDS = ("price_log", "session_events_log", "session_minutes_log")
+from etl.vocab import build_vocab, encode_column
 
 
 @dataclass(frozen=True)
@@ -109,27 +89,19 @@ def build_vocabularies(
 
 
 def encode_events(events: DataFrame, vocab: DataFrame) -> DataFrame:
-    encoded = events.withColumn("btag_rank", btag_rank(F.col("btag")))
+    """Vocabulary ids of the behaviors' item, cate and brand (EVENT_FIELDS)."""
+    encoded = events
     for column, out, name in EVENT_FIELDS:
         encoded = encode_column(encoded, column, vocab, name, out)
-    return encoded.withColumn("e_btag", (F.col("btag_rank") + FIRST_ID).cast("int"))
+    return encoded
 
 
-def encode_impression_features(
-    enriched: DataFrame, vocab: DataFrame, tz_offset_hours: int
-) -> DataFrame:
-    """Sparse ids, hour/weekday (local time) and dense features for the impressions."""
+def encode_impression_features(enriched: DataFrame, vocab: DataFrame) -> DataFrame:
+    """Sparse ids of the impressions (SPARSE_FIELDS), beside the pass's features."""
     out = enriched
     for field, column, name in SPARSE_FIELDS:
         out = encode_column(out, column, vocab, name, field)
-    local = F.from_unixtime(F.col("ts") + F.lit(tz_offset_hours * 3600))
-    return (
-        out.withColumn("hour", (F.hour(local) + FIRST_ID).cast("int"))
-        .withColumn("weekday", (F.dayofweek(local) + FIRST_ID - 1).cast("int"))
-        .withColumn("price_log", F.log1p(F.coalesce(F.col("price"), F.lit(0.0))).cast("float"))
-        .withColumn("session_events_log", F.log1p(F.col("session_events")).cast("float"))
-        .withColumn("session_minutes_log", F.log1p(F.col("session_seconds") / 60.0).cast("float"))
-    )
+    return out
 
 
 def feature_fields(vocab_sizes: dict[str, int], events_have: dict[str, bool]) -> list[FieldSpec]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pyspark.sql import types as T
 
-BTAGS = ("pv", "cart", "fav", "buy")
+from etl.features import USER_PROFILE_FIELDS
 
 # --- adapter outputs (canonical inputs of the transforms) -------------------------------------
 BEHAVIORS = T.StructType(
@@ -44,16 +44,6 @@ ADS = T.StructType(
     ]
 )
 
-USER_PROFILE_FIELDS = (
-    "cms_segid",
-    "cms_group_id",
-    "gender",
-    "age_level",
-    "pvalue_level",
-    "shopping_level",
-    "occupation",
-    "new_user_class_level",
-)
 USERS = T.StructType(
     [T.StructField("user_id", T.LongType(), False)]
     + [T.StructField(name, T.IntegerType(), True) for name in USER_PROFILE_FIELDS]

@@ -1,5 +1,9 @@
 """Sessionization: a new session starts when a user's consecutive behaviors are more than
 ``gap_seconds`` apart (DSIN rule). Exactly ``gap_seconds`` apart stays in the same session.
+
+These are the Spark window forms of ``etl.features.session_starts`` and ``btag_rank``, which
+the per-user pass and online serving use; tests/test_sessionize.py checks that both draw the
+same session boundaries.
 """
 
 from __future__ import annotations
@@ -7,7 +11,8 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from etl.schemas import BTAGS, EVENTS
+from etl.features import BTAGS
+from etl.schemas import EVENTS
 
 
 def btag_rank(btag: Column) -> Column:

@@ -35,6 +35,9 @@ class FeatureSpec:
     key_fields: list[str] = field(default_factory=lambda: ["impression_id", "user_key"])
     splits: dict[str, list[str]] = field(default_factory=dict)  # split -> days (ISO dates)
     tables: dict[str, int] = field(default_factory=dict)  # table name -> Delta version written
+    # What defines the session features (None in specs written before they were recorded):
+    gap_seconds: int | None = None  # a longer gap between two behaviors starts a new session
+    tz_offset_hours: int | None = None  # hour, weekday and days in UTC+offset
 
     @property
     def sparse(self) -> list[FieldSpec]:

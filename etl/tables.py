@@ -12,6 +12,7 @@ EVENTS = "events"  # sessionized behaviors
 SESSIONS = "sessions"  # one row per session
 IMPRESSIONS = "impressions"  # labelled impressions (click, conversion, n_future_views)
 VOCAB = "vocab"  # vocabularies built on the train split
+AD_TABLE = "ads"  # one row per ad as the samples join it (shipped with models for online features)
 SAMPLES = "samples"  # encoded model inputs, one row per impression, partitioned by split/day
 
 DELTA_LOG_DIR = "_delta_log"

@@ -2,7 +2,8 @@
 
 Id 0 is padding/missing (null raw value), 1 is unknown (unseen in train or below min_count);
 known values get ids from 2 upward, ordered by count (desc) then raw value, so a rerun over the
-same input gives the same ids.
+same input gives the same ids. The ids and the encoding rule are defined in etl/features.py
+(``vocab_ids``, what online serving applies); ``id_or_unknown`` is its Spark form.
 """
 
 from __future__ import annotations
@@ -10,11 +11,8 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from etl.features import FIRST_ID, PAD_ID, UNKNOWN_ID
 from etl.schemas import VOCAB
-
-PAD_ID = 0
-UNKNOWN_ID = 1
-FIRST_ID = 2
 
 
 def build_vocab(values: dict[str, DataFrame], min_count: int = 1) -> DataFrame:
@@ -63,6 +61,7 @@ def encode_column(df: DataFrame, column: str, vocab: DataFrame, name: str, out: 
 
 
 def id_or_unknown(raw: Column, looked_up: Column) -> Column:
+    """features.vocab_ids on Spark columns: null raw -> PAD_ID, no id -> UNKNOWN_ID."""
     return (
         F.when(raw.isNull(), F.lit(PAD_ID))
         .when(looked_up.isNull(), F.lit(UNKNOWN_ID))

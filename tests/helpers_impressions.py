@@ -2,7 +2,8 @@
 
 A verbatim copy of the per-user ``user_pass`` (and helpers) of etl/impressions.py before the
 pass processed many users per pandas call; tests/test_impressions.py checks that the bucketed
-pass gives the same rows.
+pass gives the same rows (ORACLE_COLUMNS; the pass computes hour, weekday and the dense features
+besides). Its events carry ``btag_rank`` and ``e_btag`` columns, which the pass derives itself.
 """
 
 from __future__ import annotations
@@ -10,19 +11,27 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from etl.impressions import (
-    EVENT_CODE_COLUMNS,
-    GAP_BUCKETS,
-    HISTORY_COLUMNS,
-    PASS_OUTPUT,
-    PassConfig,
-)
+from etl.features import GAP_BUCKETS, HISTORY_COLUMNS
+from etl.impressions import PassConfig
+
+EVENT_CODE_COLUMNS = ("e_item", "e_cate", "e_brand", "e_btag")  # encoded ids on events
+ORACLE_EVENT_COLUMNS = ("btag_rank", "e_btag")  # what the oracle reads beyond the pass's input
+ORACLE_COLUMNS = [
+    "impression_id",
+    "session_id",
+    "n_future_views",
+    "conversion",
+    "session_events",
+    "session_seconds",
+    "hist_len",
+    *HISTORY_COLUMNS,
+]
 
 
 def reference_user_pass(ev: pd.DataFrame, imp: pd.DataFrame, cfg: PassConfig) -> pd.DataFrame:
     """The pass for one user (pure pandas/numpy; unit-testable without Spark)."""
     if imp.empty:  # a user with behaviors only; typed empty columns keep Arrow happy
-        return pd.DataFrame({f.name: pd.Series([], dtype=object) for f in PASS_OUTPUT.fields})
+        return pd.DataFrame({name: pd.Series([], dtype=object) for name in ORACLE_COLUMNS})
     ev = ev.sort_values(
         ["ts", "btag_rank", "item_id", "cate_id", "brand_id"], na_position="first", kind="stable"
     ).reset_index(drop=True)

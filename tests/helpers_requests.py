@@ -53,6 +53,12 @@ def _event(index: int, **values: Any) -> Callable[[Request], Request]:
     return change
 
 
+def _last_event_after_the_request(request: Request) -> Request:
+    out = copy.deepcopy(request)
+    out["events"][-1] = {**out["events"][-1], "time": out["time"] + 60}
+    return out
+
+
 def _same(request: Request) -> Request:
     return copy.deepcopy(request)
 
@@ -78,7 +84,7 @@ BAD_REQUESTS: list[tuple[str, Callable[[Request], Request], dict, list[str]]] = 
     ("missing-pid", _drop("pid"), {}, ["pid"]),
     ("missing-candidates", _drop("candidates"), {}, ["candidates"]),
     ("events-out-of-order", _swap_events, {}, ["time order"]),
-    ("event-after-request", _event(1, time=1_494_100_500), {}, ["after the request time"]),
+    ("event-after-request", _last_event_after_the_request, {}, ["after the request time"]),
     ("unknown-btag", _event(0, btag="click"), {}, ["btag"]),
     ("event-without-time", _event(0, time=None), {}, ["time"]),
     ("events-not-a-list", _set("events", "pv,cart"), {}, ["events"]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from helpers_impressions import reference_user_pass
+from helpers_impressions import ORACLE_COLUMNS, ORACLE_EVENT_COLUMNS, reference_user_pass
 
 import etl.impressions as pass_module
 from etl.impressions import (
@@ -44,7 +44,7 @@ def events(rows) -> pd.DataFrame:
     df["e_cate"] = df["cate_id"] + 100  # stand-in ids, distinguishable from raw values
     df["e_brand"] = df["brand_id"].fillna(0).astype(int) + 200
     df["e_btag"] = df["btag_rank"] + 2
-    return df[list(EVENT_INPUT_COLUMNS)]
+    return df[[*EVENT_INPUT_COLUMNS, *ORACLE_EVENT_COLUMNS]]
 
 
 def impressions(rows) -> pd.DataFrame:
@@ -52,6 +52,7 @@ def impressions(rows) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["impression_id", "ts", "cate_id", "brand_id", "click"])
     df["user_id"] = 1
     df["ad_id"] = 99
+    df["price"] = 12.5
     return df[list(IMPRESSION_INPUT_COLUMNS)]
 
 
@@ -178,7 +179,7 @@ def random_events(rng, user: int, n: int) -> pd.DataFrame:
     df["e_cate"] = df["cate_id"] + 100
     df["e_brand"] = df["brand_id"].fillna(0).astype(int) + 200
     df["e_btag"] = df["btag_rank"] + 2
-    return df[list(EVENT_INPUT_COLUMNS)]
+    return df[[*EVENT_INPUT_COLUMNS, *ORACLE_EVENT_COLUMNS]]
 
 
 def random_impressions(rng, user: int, n: int, first_id: int) -> pd.DataFrame:
@@ -190,6 +191,7 @@ def random_impressions(rng, user: int, n: int, first_id: int) -> pd.DataFrame:
             "ad_id": rng.integers(1, 4, n),
             "cate_id": rng.integers(1, 4, n),
             "brand_id": np.where(rng.random(n) < 0.3, np.nan, rng.integers(1, 3, n)),
+            "price": np.where(rng.random(n) < 0.2, np.nan, rng.gamma(2.0, 50.0, n).round(2)),
             "click": rng.integers(0, 2, n),
         }
     )
@@ -240,10 +242,12 @@ def per_user(pass_fn, ev: pd.DataFrame, imp: pd.DataFrame, cfg: PassConfig) -> p
 def test_many_users_at_once_equal_each_user_alone(seed, match):
     cfg = PassConfig(WINDOW_CFG.gap_seconds, WINDOW_CFG.attribution_seconds, 4, match)
     ev, imp = random_world(seed)
-    together = by_impression(user_pass(ev, imp, cfg))
+    passed = user_pass(ev, imp, cfg)
+    together = by_impression(passed)
     assert len(together) == len(imp)
     assert together == by_impression(per_user(user_pass, ev, imp, cfg))
-    assert together == by_impression(per_user(reference_user_pass, ev, imp, cfg))
+    oracle = by_impression(per_user(reference_user_pass, ev, imp, cfg))
+    assert by_impression(passed[ORACLE_COLUMNS]) == oracle
     assert sum(row[0][0] for row in together.values()) > 0  # converted (first sorted column)
 
 

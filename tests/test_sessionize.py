@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
+
+from etl.features import BTAGS, session_starts
 from etl.schemas import BEHAVIORS
 from etl.sessionize import sessionize, summarize_sessions
 
@@ -62,3 +66,33 @@ def test_day_is_utc_plus_8(spark):
     # 2017-05-05 16:00:00 UTC is 2017-05-06 00:00:00 in UTC+8
     events, _ = _sessions(spark, [(1, 1_494_000_000, None, 1, None, "pv")])
     assert events.collect()[0]["day"].isoformat() == "2017-05-06"
+
+
+def test_spark_sessions_equal_the_numpy_gap_rule(spark):
+    """etl.features.session_starts (the per-user pass and online serving) draws the session
+    boundaries of the Spark windows, exact-gap ties and same-second behaviors included."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    rows = pd.DataFrame(
+        {
+            "user_id": rng.integers(1, 40, n),
+            # coarse times: many gaps of exactly GAP, many same-second behaviors
+            "ts": rng.integers(0, 400, n) * (GAP // 6),
+            "item_id": None,
+            "cate_id": rng.integers(1, 5, n),
+            "brand_id": None,
+            "btag": rng.choice(list(BTAGS), n),
+        }
+    )
+    rows.loc[rng.random(n) < 0.1, "ts"] += 1  # and gaps of exactly GAP + 1
+    events = sessionize(spark.createDataFrame(rows, BEHAVIORS), GAP, 8).toPandas()
+    events = events.sort_values(["user_id", "ts", "pos"], kind="stable")
+    starts = session_starts(events["user_id"].to_numpy(), events["ts"].to_numpy(), GAP)
+    spark_starts = np.r_[
+        True,
+        (np.diff(events["user_id"].to_numpy()) != 0)
+        | (events["session_id"].to_numpy()[1:] != events["session_id"].to_numpy()[:-1]),
+    ]
+    assert np.array_equal(starts, spark_starts)
+    assert np.array_equal(starts, events["pos"].to_numpy() == 0)
+    assert 50 < starts.sum() < n / 2

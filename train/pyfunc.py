@@ -6,7 +6,12 @@ paths carry the ``train`` and ``etl`` packages. ``load_context`` rebuilds the ne
 ``train.models.build_model`` in whatever process loads it: nothing from the training process is
 pickled except this module's class, which is importable from the shipped code.
 
-Input: a pandas DataFrame with one column per spec field: sparse -> int ids, dense -> floats,
+Two inputs. Raw ranking requests (train/serving.py: ``user_id``, ``time``, ``pid``,
+``candidates``, optional ``events`` and ``profile``; params ``policy``, ``beta``, ``k``, ``seed``)
+are encoded by the feature bundle the model ships (etl/online.py: the lake's vocabularies and ad
+table) and return, per request, the ranked candidates with their scores and the propensity of
+the policy's choice. Encoded rows (batch scoring of ``samples``) are
+a pandas DataFrame with one column per spec field: sparse -> int ids, dense -> floats,
 sequence -> list of int ids of length <= max_len (right-padded with 0 here; longer is an error).
 ``hist_len`` is optional: when absent it is the number of nonzero entries of the sequences.
 Output: a DataFrame with pctr, pcvr, pctcvr, expected_views and the ranking score
@@ -29,14 +34,26 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
-from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import (
+    Array,
+    ColSpec,
+    DataType,
+    Map,
+    Object,
+    ParamSchema,
+    ParamSpec,
+    Property,
+    Schema,
+)
 
 from etl.project import PROJECT_ROOT
 from etl.spec import FeatureSpec
+from train import serving
 from train.tracking.store import TAG
 
 OUTPUTS = ("pctr", "pcvr", "pctcvr", "expected_views", "score")
 STATE_FILE, SPEC_ARTIFACT, META_FILE = "state_dict.pt", "feature_spec.json", "model.json"
+BUNDLE_ARTIFACT = "feature_bundle"
 PREDICT_CHUNK = 8192
 
 
@@ -160,14 +177,22 @@ class IsrecModel(mlflow.pyfunc.PythonModel):
         state = torch.load(context.artifacts["state_dict"], map_location="cpu", weights_only=True)
         self.model.load_state_dict(state)
         self.model.eval()
+        self.bundle = None
+        if BUNDLE_ARTIFACT in context.artifacts:
+            from etl.online import FeatureBundle
+
+            self.bundle = FeatureBundle.load(context.artifacts[BUNDLE_ARTIFACT])
 
     def predict(
         self,
         context: mlflow.pyfunc.PythonModelContext | None,
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
-    ) -> pd.DataFrame:
-        beta = float((params or {}).get("beta", self.beta))
+    ) -> pd.DataFrame | list[dict[str, Any]]:
+        if isinstance(model_input, pd.DataFrame) and serving.is_raw_request_frame(model_input):
+            return self._rank(model_input, params)
+        beta = (params or {}).get("beta")
+        beta = self.beta if beta is None else float(beta)
         batch = to_batch(model_input, self.spec)
         n = len(model_input)
         parts = [
@@ -177,6 +202,17 @@ class IsrecModel(mlflow.pyfunc.PythonModel):
         if not parts:
             return pd.DataFrame({c: np.zeros(0) for c in OUTPUTS})
         return pd.concat(parts, ignore_index=True)
+
+    def _rank(self, frame: pd.DataFrame, params: dict[str, Any] | None) -> list[dict[str, Any]]:
+        if self.bundle is None:
+            raise invalid("this model was logged without a feature bundle: send encoded rows")
+        try:
+            requests = serving.parse_requests(frame)
+            return serving.rank(
+                requests, serving.parse_params(params), serving.SlateScorer(self.model, self.bundle)
+            )
+        except serving.BadRequest as exc:
+            raise invalid(str(exc)) from None
 
     def _predict_chunk(
         self, batch: dict[str, np.ndarray], start: int, stop: int, beta: float
@@ -193,17 +229,47 @@ class IsrecModel(mlflow.pyfunc.PythonModel):
 
 
 # --- signature, input example, logging -----------------------------------------------------
-def signature(spec: FeatureSpec, beta: float = 0.0) -> ModelSignature:
-    """Explicit column signature: sparse -> long, dense -> double, sequence -> array<long>."""
+def signature(spec: FeatureSpec, raw_requests: bool = False) -> ModelSignature:
+    """Explicit column signature: sparse -> long, dense -> double, sequence -> array<long>.
+
+    With ``raw_requests`` (the model ships a feature bundle) every encoded column is optional and
+    the raw request columns are added, so one model takes either form."""
     cols = []
     for f in spec.fields:
         dtype = {"sparse": DataType.long, "dense": DataType.double}.get(f.kind)
-        cols.append(ColSpec(dtype if dtype else Array(DataType.long), f.name))
+        cols.append(ColSpec(dtype if dtype else Array(DataType.long), f.name, not raw_requests))
     if spec.sequence:
         cols.append(ColSpec(DataType.long, spec.length_field, required=False))
+    if raw_requests:
+        cols += _request_columns()
     outputs = Schema([ColSpec(DataType.double, c) for c in OUTPUTS])
-    params = ParamSchema([ParamSpec("beta", DataType.double, float(beta))])
+    params = ParamSchema(
+        [
+            ParamSpec("beta", DataType.double, None),  # None: the model's logged beta
+            ParamSpec("policy", DataType.string, None),  # None: greedy
+            ParamSpec("k", DataType.long, None),  # None: every candidate
+            ParamSpec("seed", DataType.long, None),
+        ]
+    )
     return ModelSignature(inputs=Schema(cols), outputs=outputs, params=params)
+
+
+def _request_columns() -> list[ColSpec]:
+    event = Object(
+        [
+            Property("time", DataType.long),
+            Property("btag", DataType.string),
+            *(Property(k, DataType.long, required=False) for k in ("cate", "brand", "item")),
+        ]
+    )
+    return [
+        ColSpec(DataType.long, "user_id", required=False),
+        ColSpec(DataType.long, "time", required=False),
+        ColSpec(DataType.string, "pid", required=False),
+        ColSpec(Array(DataType.long), "candidates", required=False),
+        ColSpec(Array(event), "events", required=False),
+        ColSpec(Map(DataType.long), "profile", required=False),
+    ]
 
 
 def input_example(rows: pd.DataFrame, spec: FeatureSpec, n: int = 3) -> pd.DataFrame:
@@ -251,7 +317,10 @@ def write_artifacts(
     state_dict: Mapping[str, Any],
     spec: FeatureSpec,
     beta: float,
+    bundle: Any = None,
 ) -> dict[str, str]:
+    """The model's artifacts in ``dest``; ``bundle`` (etl.online.FeatureBundle) enables raw
+    requests."""
     import torch
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -259,11 +328,14 @@ def write_artifacts(
     (dest / SPEC_ARTIFACT).write_text(spec.to_json())
     meta = {"name": model_name, "params": dict(model_params), "beta": float(beta)}
     (dest / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=list))
-    return {
+    artifacts = {
         "state_dict": str(dest / STATE_FILE),
         "feature_spec": str(dest / SPEC_ARTIFACT),
         "model_meta": str(dest / META_FILE),
     }
+    if bundle is not None:
+        artifacts[BUNDLE_ARTIFACT] = str(bundle.save(dest / BUNDLE_ARTIFACT))
+    return artifacts
 
 
 def log_pyfunc_model(
@@ -274,18 +346,19 @@ def log_pyfunc_model(
     example: pd.DataFrame | None = None,
     beta: float = 0.0,
     name: str = "model",
+    bundle: Any = None,
 ) -> ModelInfo:
     """Log the model into the active run; returns MLflow's ModelInfo (``model_uri``...)."""
     with tempfile.TemporaryDirectory(prefix="isrec-pyfunc-") as tmp:
         artifacts = write_artifacts(
-            Path(tmp) / "artifacts", model_name, model_params, state_dict, spec, beta
+            Path(tmp) / "artifacts", model_name, model_params, state_dict, spec, beta, bundle
         )
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=IsrecModel(),
             artifacts=artifacts,
             code_paths=code_paths(Path(tmp) / "code"),
-            signature=signature(spec, beta),
+            signature=signature(spec, raw_requests=bundle is not None),
             input_example=example,
             pip_requirements=pip_requirements(),
             tags={f"{TAG}model": model_name},

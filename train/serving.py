@@ -67,8 +67,9 @@ class Params:
 
 
 def is_raw_request_frame(frame: pd.DataFrame) -> bool:
-    """Raw requests (``user_id``, ``candidates``...) rather than encoded sample rows."""
-    return "candidates" in frame.columns
+    """Raw requests (``user_id``, ``candidates``...) rather than encoded sample rows (whose
+    columns are the spec's fields: ``user``, ``ad``, ``hist_*``...)."""
+    return bool(set(frame.columns) & {*REQUIRED, *OPTIONAL})
 
 
 def parse_requests(frame: pd.DataFrame) -> list[Request]:

@@ -19,9 +19,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from etl import quality
+from etl.features import USER_PROFILE_FIELDS
 from etl.formats import TAOBAO_PROFILE_COLUMNS
 from etl.quality import Field, FileSpec, ParsedFile
-from etl.schemas import ADS, BEHAVIORS, RAW_IMPRESSIONS, USER_PROFILE_FIELDS, USERS
+from etl.schemas import ADS, BEHAVIORS, RAW_IMPRESSIONS, USERS
 from etl.sources.base import (
     InputError,
     SourceConfig,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import tempfile
 import traceback
@@ -36,6 +37,7 @@ from mlflow.entities import RunStatus
 from mlflow.models.model import ModelInfo
 
 from etl import storage
+from etl.online import FeatureBundle
 from etl.spec import FeatureSpec
 from etl.tables import SAMPLES
 from train import pyfunc, registry
@@ -54,6 +56,8 @@ from train.tracking.plots import log_plots
 from train.tracking.store import DEFAULT_EXPERIMENT, TAG, configure, ensure_experiment
 
 MAX_PREDICTIONS_ARTIFACT_BYTES = 20 * 1024 * 1024
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -181,7 +185,18 @@ def _log_model(
         state = pyfunc.load_checkpoint_state(storage.localize(ckpt, tmp))
     rows = example_rows(reads, spec)
     example = pyfunc.input_example(rows, spec) if rows is not None else None
-    return pyfunc.log_pyfunc_model(name, params, state, spec, example, beta=beta)
+    bundle = _feature_bundle(result.lake)
+    return pyfunc.log_pyfunc_model(name, params, state, spec, example, beta=beta, bundle=bundle)
+
+
+def _feature_bundle(lake: str) -> FeatureBundle | None:
+    """The lake's vocabularies and ad table for raw requests; None (encoded rows only) for a
+    lake that has none, e.g. Ali-CCP without sessions."""
+    try:
+        return FeatureBundle.from_lake(lake)
+    except (ValueError, OSError, KeyError) as exc:
+        log.warning("model logged without a feature bundle (raw requests off): %s", exc)
+        return None
 
 
 # --- metrics and predictions -----------------------------------------------------------------

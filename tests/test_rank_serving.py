@@ -1,0 +1,183 @@
+"""Raw ranking requests end to end: the logged model encodes them with its feature bundle and
+ranks by the policy, in-process, through jobs/rank.py and through a real `mlflow models serve`
+process, which answers every kind of bad request with HTTP 400 naming the problem."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from helpers_mlflow import PROJECT_ROOT, free_port, mlflow_env, start, stop, wait_http
+from helpers_ranker import ranker  # noqa: F401
+from helpers_requests import BAD_REQUESTS
+
+from train import pyfunc
+from train.tracking.store import configure
+
+SLATE = 12
+
+
+def raw_request(ranker, row: pd.Series, others: list[int]) -> dict:  # noqa: F811
+    """The request a shop would send for the raw impression ``row``: the user's behaviors
+    before it (raw behavior_log), the profile as published, the shown ad and other ads."""
+    behaviors = pd.read_csv(ranker.world / "behavior_log.csv")
+    mine = behaviors[(behaviors.user == row.user) & (behaviors.time_stamp < row.time_stamp)]
+    mine = mine.sort_values("time_stamp", kind="stable")
+    profiles = pd.read_csv(ranker.world / "user_profile.csv").rename(columns=str.strip)
+    profile = profiles[profiles.userid == row.user].drop(columns="userid")
+    return {
+        "user_id": int(row.user),
+        "time": int(row.time_stamp),
+        "pid": row.pid,
+        "candidates": [int(row.adgroup_id), *[a for a in others if a != row.adgroup_id]],
+        "events": [
+            {
+                "time": int(e.time_stamp),
+                "btag": e.btag,
+                "cate": _int(e.cate),
+                "brand": _int(e.brand),
+            }
+            for e in mine.itertuples()
+        ],
+        "profile": {k: _int(v) for k, v in profile.iloc[0].items()} if len(profile) else {},
+    }
+
+
+def frame_of(requests: list[dict]) -> pd.DataFrame:
+    """A frame of copies: MLflow's schema enforcement converts nested lists in place."""
+    return pd.DataFrame(copy.deepcopy(requests))
+
+
+def _int(value) -> int | None:
+    return None if pd.isna(value) else int(value)
+
+
+@pytest.fixture(scope="module")
+def requests_(ranker) -> list[dict]:  # noqa: F811
+    """Requests for test-day impressions whose (user, second) is unique in the raw log."""
+    raw = pd.read_csv(ranker.world / "raw_sample.csv")
+    test_day = ranker.spec.splits["test"][0]
+    day = pd.to_datetime(raw.time_stamp + 8 * 3600, unit="s").dt.strftime("%Y-%m-%d")
+    unique = raw[(day == test_day) & ~raw.duplicated(["user", "time_stamp"], keep=False)]
+    ads = pd.read_csv(ranker.world / "ad_feature.csv").adgroup_id.tolist()
+    return [raw_request(ranker, row, ads[:SLATE]) for _, row in unique.head(6).iterrows()]
+
+
+@pytest.fixture(scope="module")
+def model(ranker):  # noqa: F811
+    configure(ranker.tracking_uri)
+    return mlflow.pyfunc.load_model(ranker.model_uri)
+
+
+def test_raw_requests_score_like_the_samples_rows(ranker, model, requests_) -> None:  # noqa: F811
+    responses = model.predict(frame_of(requests_))
+    samples = ranker.samples
+    encoded = pyfunc.input_example(samples, ranker.spec, n=len(samples))
+    expected = model.predict(encoded)
+    for request, response in zip(requests_, responses, strict=True):
+        shown = next(r for r in response["ranking"] if r["ad_id"] == request["candidates"][0])
+        (row,) = np.flatnonzero(
+            (samples.user_key == request["user_id"]) & (samples.ts == request["time"])
+        )
+        for key in ("pctr", "pcvr", "pctcvr", "expected_views"):
+            assert shown[key] == pytest.approx(float(expected[key][row]), abs=1e-6), key
+
+
+def test_policies_rank_the_slate(model, requests_) -> None:
+    frame = frame_of(requests_[:2])
+    greedy = model.predict(frame)
+    for request, response in zip(requests_[:2], greedy, strict=True):
+        pctcvr = [r["pctcvr"] for r in response["ranking"]]
+        assert pctcvr == sorted(pctcvr, reverse=True) and response["propensity"] == 1.0
+        assert sorted(r["ad_id"] for r in response["ranking"]) == sorted(request["candidates"])
+    same = model.predict(frame, params={"policy": "incentive", "beta": 0.0})
+    assert [r["ranking"] for r in same] == [r["ranking"] for r in greedy]
+    boosted = model.predict(frame, params={"policy": "incentive", "beta": 10.0, "k": 3})
+    for response in boosted:
+        assert len(response["ranking"]) == 3
+        top = response["ranking"][0]
+        assert top["score"] == pytest.approx(top["pctcvr"] + 10.0 * top["expected_views"])
+    soft = model.predict(frame, params={"policy": "softmax:0.01", "seed": 4})
+    for response in soft:
+        assert sum(r["probability"] for r in response["ranking"]) == pytest.approx(1.0)
+        assert response["ranking"][0]["ad_id"] == response["chosen"]
+
+
+def test_rank_job_prints_the_response(ranker, model, requests_, tmp_path) -> None:  # noqa: F811
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(requests_[0]))
+    cmd = [sys.executable, str(PROJECT_ROOT / "jobs" / "rank.py"), "--model-uri", ranker.model_uri]
+    cmd += ["--request", str(path), "--policy", "incentive:0.5", "--k", "5"]
+    done = subprocess.run(
+        cmd, env=mlflow_env(ranker.tracking_uri), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    local = model.predict(frame_of([requests_[0]]), params={"policy": "incentive:0.5", "k": 5})
+    assert printed == json.loads(json.dumps(local))
+    path.write_text(json.dumps({**requests_[0], "candidates": []}))
+    bad = subprocess.run(
+        cmd, env=mlflow_env(ranker.tracking_uri), capture_output=True, text=True, timeout=300
+    )
+    assert bad.returncode == 2 and "empty slate" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+# --- a real `mlflow models serve` ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(ranker, tmp_path_factory) -> Iterator[str]:  # noqa: F811
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("serve-raw") / "serve.log"
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", ranker.model_uri]
+    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    proc = start(cmd, log_path, env=mlflow_env(ranker.tracking_uri))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/ping", proc, log_path)
+        yield url
+    finally:
+        stop(proc)
+
+
+def post(url: str, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"{url}/invocations",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def test_served_raw_requests(server, model, requests_) -> None:
+    params = {"policy": "incentive:0.2", "k": 4}
+    status, body = post(server, {"dataframe_records": requests_[:3], "params": params})
+    assert status == 200, body
+    local = model.predict(frame_of(requests_[:3]), params=params)
+    assert body["predictions"] == json.loads(json.dumps(local))
+
+
+@pytest.mark.parametrize(
+    ("change", "params", "words"),
+    [case[1:] for case in BAD_REQUESTS],
+    ids=[case[0] for case in BAD_REQUESTS],
+)
+def test_served_bad_requests_get_400(server, requests_, change, params, words) -> None:
+    payload = {"dataframe_records": [change(requests_[0])], "params": params}
+    status, body = post(server, payload)
+    assert status == 400, (status, body)
+    message = body.get("message", "")
+    for word in words:
+        assert word in message, message[:2000]
