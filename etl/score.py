@@ -10,21 +10,31 @@ Output (Delta, partitioned by split): impression_id (one row per impression), us
 pctr, pcvr, pctcvr, expected_views, score, model_uri, model_version, samples_version, scored_at.
 The split's partition is overwritten in one commit, so a rerun replaces rather than duplicates.
 No torch import here (etl/ stays torch-free); mlflow loads the model in the Python workers.
+
+Session rankings (``rank_sessions``, jobs/score.py ``--policy``): the scored impressions of each
+session (``impressions.session_id``; an impression outside any session is a slate of its own)
+form one slate, which a ranking function (train/policy.py ``rank_slates``, passed in so etl/
+never imports train/) orders. Output (Delta, partitioned by split): user_key, session_id,
+impression_id, rank (1 = first), probability (of being the policy's choice), chosen,
+policy_score, policy, model_version; the split's partition is overwritten in one commit.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from etl import storage
 from etl.lake import read_table, table_path, table_version
+from etl.tables import IMPRESSIONS, SAMPLES
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,15 @@ class ScoreResult:
     model_uri: str
     model_version: str | None
     samples_version: int
+
+
+@dataclass(frozen=True)
+class RankResult:
+    output: str
+    split: str
+    rows: int
+    delta_version: int
+    policy: str
 
 
 def resolve_model_uri(model_uri: str) -> tuple[str, str | None]:
@@ -99,11 +118,11 @@ def score_samples(
     (default LAKE/scores)."""
     resolved, model_version = resolve_model_uri(model_uri)
     version = (
-        table_version(spark, table_path(lake, "samples"))
+        table_version(spark, table_path(lake, SAMPLES))
         if samples_version is None
         else samples_version
     )
-    samples = read_table(spark, lake, "samples", version).where(F.col("split") == split)
+    samples = read_table(spark, lake, SAMPLES, version).where(F.col("split") == split)
     params = None if beta is None else {"beta": float(beta)}
     scored = score_frame(spark, samples, resolved, params).withColumns(
         {
@@ -130,3 +149,43 @@ def write_split(spark: SparkSession, df: DataFrame, output: str, split: str) -> 
     where = f"split = '{split}'" if exists else None
     parent, name = storage.parent_and_name(output)
     return write_table(df, parent, name, ["split"], replace_where=where)
+
+
+RANKING_TYPE = T.StructType(
+    [
+        T.StructField("impression_id", T.LongType(), False),
+        T.StructField("rank", T.IntegerType(), False),
+        T.StructField("probability", T.DoubleType(), False),
+        T.StructField("chosen", T.BooleanType(), False),
+        T.StructField("policy_score", T.DoubleType(), False),
+    ]
+)
+SlateRanker = Callable[[pd.DataFrame], pd.DataFrame]
+
+
+def rank_sessions(
+    spark: SparkSession,
+    scores: str | Path,
+    lake: str | Path,
+    split: str,
+    ranker: SlateRanker,
+    policy: str,
+    output: str | Path | None = None,
+) -> RankResult:
+    """Rank the ``split`` rows of the Delta ``scores`` per session with ``ranker`` (one slate
+    in, its ranking out) and overwrite that split of ``output`` (default LAKE/rankings)."""
+    scored = spark.read.format("delta").load(storage.spark_uri(scores))
+    scored = scored.where(F.col("split") == split)
+    sessions = read_table(spark, lake, IMPRESSIONS).select("impression_id", "session_id")
+    slates = scored.join(sessions, "impression_id", "left").withColumn(
+        "slate_key", F.coalesce(F.col("session_id"), -F.col("impression_id"))
+    )
+    inputs = slates.select("impression_id", "user_key", "slate_key", "pctcvr", "expected_views")
+    ranked = inputs.groupBy("user_key", "slate_key").applyInPandas(ranker, RANKING_TYPE)
+    meta = slates.select("impression_id", "user_key", "session_id", "split", "model_version")
+    rankings = meta.join(ranked, "impression_id").withColumn("policy", F.lit(policy))
+    out = storage.spark_uri(output if output is not None else storage.join(lake, "rankings"))
+    delta_version = write_split(spark, rankings, out, split)
+    rows = spark.read.format("delta").load(out).where(F.col("split") == split).count()
+    log.info("ranked %d rows of split %s with policy %s into %s", rows, split, policy, out)
+    return RankResult(str(out), split, rows, delta_version, policy)

@@ -32,6 +32,17 @@ class ScoreConfig:
     beta: float | None = field(
         default=None, metadata={"help": "ranking beta (default: the model's)"}
     )
+    policy: str | None = field(
+        default=None,
+        metadata={
+            "help": "also rank each session's impressions with this train/policy.py policy "
+            "(NAME[:PARAM], e.g. incentive:0.5 or softmax:0.05) into --rankings-output"
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "seed of a stochastic --policy"})
+    rankings_output: str | None = field(
+        default=None, metadata={"help": "Delta table of session rankings (default: LAKE/rankings)"}
+    )
     tracking_uri: str | None = field(
         default=None, metadata={"help": "MLflow store (default: $MLFLOW_TRACKING_URI or local)"}
     )

@@ -2,7 +2,11 @@
 
     spark-submit --packages io.delta:delta-spark_2.12:3.3.2 jobs/score.py \\
         --model-uri models:/isrec-rnn_mtl@champion --lake LAKE --split test \\
-        [--output LAKE/scores] [--samples-version N] [--beta B] [--tracking-uri URI]
+        [--output LAKE/scores] [--samples-version N] [--beta B] [--tracking-uri URI] \\
+        [--policy incentive:0.5 [--seed S] [--rankings-output LAKE/rankings]]
+
+With ``--policy`` the job also ranks each session's scored impressions with that policy
+(train/policy.py) into a Delta table of per-session rankings (etl/score.py ``rank_sessions``).
 
 Plain ``python jobs/score.py ...`` works too (local Spark with the cached Delta jars). Options:
 etl/score_config.py (``--help``).
@@ -38,8 +42,17 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     cfg = parse_args(argv)
+    ranker = None
+    if cfg.policy:
+        from train.rank import RankError, slate_ranker
+
+        try:
+            ranker = slate_ranker(cfg.policy, cfg.beta, cfg.seed)
+        except RankError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     from etl import storage
-    from etl.score import score_samples
+    from etl.score import rank_sessions, score_samples
     from etl.spark import get_spark
     from train.tracking.store import configure
 
@@ -56,12 +69,22 @@ def main(argv: list[str] | None = None) -> int:
             samples_version=cfg.samples_version,
             beta=cfg.beta,
         )
+        print(
+            f"scored {result.rows} rows of split {result.split} with {result.model_uri} "
+            f"(samples v{result.samples_version}) -> {result.output} "
+            f"(Delta v{result.delta_version})"
+        )
+        if ranker is not None:
+            ranked = rank_sessions(
+                spark, result.output, cfg.lake, cfg.split, ranker, cfg.policy,
+                cfg.rankings_output,
+            )  # fmt: skip
+            print(
+                f"ranked {ranked.rows} rows of split {ranked.split} by session with policy "
+                f"{ranked.policy} -> {ranked.output} (Delta v{ranked.delta_version})"
+            )
     finally:
         spark.stop()
-    print(
-        f"scored {result.rows} rows of split {result.split} with {result.model_uri} "
-        f"(samples v{result.samples_version}) -> {result.output} (Delta v{result.delta_version})"
-    )
     return 0
 
 

@@ -246,3 +246,30 @@ def make_policy(spec: str) -> Policy:
     except ValueError:
         raise ValueError(f"policy {spec!r}: parameter {param!r} is not a number") from None
     return POLICIES[name](value)
+
+
+def rank_slates(frame: Any, policy: Policy, seed: int = 0) -> Any:
+    """Rank one slate given as a pandas DataFrame (one row per candidate with ``pctcvr``,
+    ``expected_views``, ``user_key``, ``slate_key``, ``impression_id``; optional ``truth``):
+    ``impression_id``, ``rank`` (1 = shown first), ``probability`` (of being chosen),
+    ``chosen`` and ``policy_score``. A stochastic policy draws from a generator seeded by
+    (seed, user, slate), so a slate ranks the same however the rows are partitioned."""
+    import pandas as pd
+
+    frame = frame.sort_values("impression_id", kind="stable")
+    truth = frame["truth"].to_numpy() if "truth" in frame.columns else None
+    slate = Slate(frame["pctcvr"].to_numpy(), frame["expected_views"].to_numpy(), truth)
+    first = frame.iloc[0]
+    key = [seed, int(first["user_key"]) % 2**63, int(first["slate_key"]) % 2**63]
+    choice = policy.choose(slate, np.random.default_rng(key))
+    ranks = np.empty(slate.size, np.int32)
+    ranks[choice.ranking] = np.arange(1, slate.size + 1)
+    return pd.DataFrame(
+        {
+            "impression_id": frame["impression_id"].to_numpy(np.int64),
+            "rank": ranks,
+            "probability": choice.probabilities.astype(np.float64),
+            "chosen": ranks == 1,
+            "policy_score": np.asarray(policy.scores(slate), dtype=np.float64),
+        }
+    )

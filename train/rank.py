@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +54,18 @@ def _first_line(exc: Exception) -> str:
     if "Error: " in message:
         message = message[message.rindex("Error: ") + len("Error: ") :]
     return message or type(exc).__name__
+
+
+def slate_ranker(policy: str, beta: float | None, seed: int) -> Callable[[Any], Any]:
+    """The per-session ranking function of batch scoring (etl/score.py ``rank_sessions``):
+    the policy of ``policy`` and ``beta`` as served (train/serving.py), seeded."""
+    from train.policy import Oracle, rank_slates
+    from train.serving import BadRequest, parse_params
+
+    try:
+        chosen = parse_params({"policy": policy, "beta": beta}).policy
+    except BadRequest as exc:
+        raise RankError(str(exc).removeprefix("params: ")) from None
+    if isinstance(chosen, Oracle):
+        raise RankError("the oracle policy needs the world's truth, which a lake does not hold")
+    return partial(rank_slates, policy=chosen, seed=seed)
