@@ -41,3 +41,11 @@ def real_data() -> Path:
             f"real data slices not found at {REAL_DATA} (CI keeps ../shared beside the clone)"
         )
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def ranker(spark, tmp_path_factory):
+    """A real lake of a small generated world and a champion that serves raw requests."""
+    from helpers_ranker import build_ranker
+
+    return build_ranker(spark, tmp_path_factory.mktemp("ranker"))

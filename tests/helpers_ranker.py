@@ -1,10 +1,10 @@
 """A real ETL lake of a small generated world and a briefly trained model logged with its
 feature bundle: what the raw-request serving, ranking and batch-ranking tests share.
 
-Built once per test session (``ranker`` fixture): world (write_world) -> run_etl on the shared
-Spark -> samples read without Spark -> a few Adam steps (helpers_mlflow.make_result) -> an MLflow
-run whose model ships the lake's vocabularies and ad table (train/pyfunc.py, etl/online.py),
-registered and promoted to champion.
+Built once per test session (the ``ranker`` fixture of tests/conftest.py): world
+(write_world) -> run_etl on the shared Spark -> samples read without Spark -> a few Adam steps
+(helpers_mlflow.make_result) -> an MLflow run whose model ships the lake's vocabularies and ad
+table (train/pyfunc.py, etl/online.py), registered and promoted to champion.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
-import pytest
 from helpers_mlflow import make_result, sqlite_uri
 
 from etl import storage
@@ -77,8 +76,3 @@ def build_ranker(spark, root: Path) -> Ranker:
     )  # fmt: skip
     _CACHE["ranker"] = ranker
     return ranker
-
-
-@pytest.fixture(scope="session")
-def ranker(spark, tmp_path_factory) -> Ranker:
-    return build_ranker(spark, tmp_path_factory.mktemp("ranker"))

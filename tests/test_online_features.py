@@ -367,18 +367,9 @@ def events_by_user(behaviors: pd.DataFrame):
 
 
 @pytest.fixture(scope="module")
-def world_lake(spark, tmp_path_factory):
-    from etl.config import EtlConfig
-    from etl.pipeline import run_etl
-    from etl.world import WorldConfig, write_world
-
-    world = tmp_path_factory.mktemp("online_world")
-    write_world(WorldConfig(users=150, days=4, seed=3), world)
-    lake = tmp_path_factory.mktemp("online_lake")
-    cfg = EtlConfig(source="taobao_ad", input=str(world), output=str(lake), max_len=8)
-    summary = run_etl(spark, cfg)
-    assert summary.rows["quarantine"] == 0  # every raw line is a kept row
-    return world, lake
+def world_lake(ranker):
+    """The session's shared generated world and its lake (tests/helpers_ranker.py)."""
+    return ranker.world, ranker.lake
 
 
 def test_parity_on_a_generated_lake(world_lake, tmp_path):

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers_mlflow import PROJECT_ROOT, free_port, mlflow_env, start, stop, wait_http
-from helpers_ranker import ranker  # noqa: F401
 from helpers_requests import BAD_REQUESTS
 
 from train import pyfunc
@@ -26,7 +25,7 @@ from train.tracking.store import configure
 SLATE = 12
 
 
-def raw_request(ranker, row: pd.Series, others: list[int]) -> dict:  # noqa: F811
+def raw_request(ranker, row: pd.Series, others: list[int]) -> dict:
     """The request a shop would send for the raw impression ``row``: the user's behaviors
     before it (raw behavior_log), the profile as published, the shown ad and other ads."""
     behaviors = pd.read_csv(ranker.world / "behavior_log.csv")
@@ -62,7 +61,7 @@ def _int(value) -> int | None:
 
 
 @pytest.fixture(scope="module")
-def requests_(ranker) -> list[dict]:  # noqa: F811
+def requests_(ranker) -> list[dict]:
     """Requests for test-day impressions whose (user, second) is unique in the raw log."""
     raw = pd.read_csv(ranker.world / "raw_sample.csv")
     test_day = ranker.spec.splits["test"][0]
@@ -73,12 +72,12 @@ def requests_(ranker) -> list[dict]:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def model(ranker):  # noqa: F811
+def model(ranker):
     configure(ranker.tracking_uri)
     return mlflow.pyfunc.load_model(ranker.model_uri)
 
 
-def test_raw_requests_score_like_the_samples_rows(ranker, model, requests_) -> None:  # noqa: F811
+def test_raw_requests_score_like_the_samples_rows(ranker, model, requests_) -> None:
     responses = model.predict(frame_of(requests_))
     samples = ranker.samples
     encoded = pyfunc.input_example(samples, ranker.spec, n=len(samples))
@@ -112,7 +111,7 @@ def test_policies_rank_the_slate(model, requests_) -> None:
         assert response["ranking"][0]["ad_id"] == response["chosen"]
 
 
-def test_rank_job_prints_the_response(ranker, model, requests_, tmp_path) -> None:  # noqa: F811
+def test_rank_job_prints_the_response(ranker, model, requests_, tmp_path) -> None:
     path = tmp_path / "request.json"
     path.write_text(json.dumps(requests_[0]))
     cmd = [sys.executable, str(PROJECT_ROOT / "jobs" / "rank.py"), "--model-uri", ranker.model_uri]
@@ -134,7 +133,7 @@ def test_rank_job_prints_the_response(ranker, model, requests_, tmp_path) -> Non
 
 # --- a real `mlflow models serve` ---------------------------------------------------------------
 @pytest.fixture(scope="module")
-def server(ranker, tmp_path_factory) -> Iterator[str]:  # noqa: F811
+def server(ranker, tmp_path_factory) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path_factory.mktemp("serve-raw") / "serve.log"
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", ranker.model_uri]

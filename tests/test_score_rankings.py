@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from helpers_ranker import ranker  # noqa: F401
 
 from etl.lake import read_table
 from etl.score import rank_sessions, score_samples
@@ -14,7 +13,7 @@ from train.tracking.store import configure
 
 
 @pytest.fixture(scope="module")
-def scored(spark, ranker, tmp_path_factory):  # noqa: F811
+def scored(spark, ranker, tmp_path_factory):
     configure(ranker.tracking_uri)
     out = tmp_path_factory.mktemp("scored") / "scores"
     score_samples(spark, ranker.model_uri, ranker.lake, "test", out)
@@ -25,7 +24,7 @@ def rankings(spark, path) -> pd.DataFrame:
     return spark.read.format("delta").load(str(path)).toPandas()
 
 
-def test_greedy_ranks_each_session_by_pctcvr(spark, ranker, scored, tmp_path):  # noqa: F811
+def test_greedy_ranks_each_session_by_pctcvr(spark, ranker, scored, tmp_path):
     out = tmp_path / "rankings"
     result = rank_sessions(
         spark, scored, ranker.lake, "test", slate_ranker("greedy", None, 0), "greedy", out
@@ -54,7 +53,7 @@ def test_greedy_ranks_each_session_by_pctcvr(spark, ranker, scored, tmp_path):  
     assert again.delta_version == result.delta_version + 1 and again.rows == result.rows
 
 
-def test_softmax_rankings_are_seeded_probabilities(spark, ranker, scored, tmp_path):  # noqa: F811
+def test_softmax_rankings_are_seeded_probabilities(spark, ranker, scored, tmp_path):
     def run(seed: int, name: str) -> pd.DataFrame:
         path = tmp_path / name
         rank_sessions(
