@@ -3,15 +3,18 @@
 The jars (delta-spark_2.12 and delta-storage) are resolved once from Maven Central by Spark's
 own resolver into a project-local Ivy folder (``.ivy2/``) and then used from there through
 ``spark.jars``, so later runs need no network. Under ``spark-submit`` pass them yourself with
-``--packages`` or ``--jars`` (see README); the builder then only adds the Delta settings.
+``--packages`` or ``--jars`` (see README); the builder then only fills in the settings the
+submission left out (``session_conf``): what spark-submit was given always wins.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 
@@ -45,19 +48,26 @@ DELTA_CONF = {
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
 
-# Small-machine defaults; every one can be overridden with extra_conf or spark-submit --conf.
+# What the jobs' results depend on, wherever they run: days and hours come from
+# from_unixtime(ts + offset), which Spark formats in the session time zone.
+JOB_CONF = {"spark.sql.session.timeZone": "UTC"}
+
+# Small-machine settings, only for a Spark that runs on this machine alone (a local[...] master,
+# or a standalone master on a loopback address): never on a cluster, never over a user's value.
 LOCAL_CONF = {
-    "spark.sql.session.timeZone": "UTC",
     "spark.sql.shuffle.partitions": "8",
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
-    "spark.driver.host": "127.0.0.1",
-    "spark.driver.bindAddress": "127.0.0.1",
     "spark.sql.adaptive.enabled": "true",
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.databricks.delta.schema.autoMerge.enabled": "false",
     "spark.databricks.delta.retentionDurationCheck.enabled": "false",
 }
+# The driver on loopback, under the same condition, and only when the user named no driver
+# address (spark.driver.host, spark.driver.bindAddress or SPARK_LOCAL_IP): a driver on a
+# cluster must advertise an address its executors reach, which only the user knows.
+LOOPBACK_CONF = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
+DRIVER_ADDRESS_KEYS = tuple(LOOPBACK_CONF)
 
 
 def ivy_dir() -> Path:
@@ -107,6 +117,65 @@ def _running_under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def runs_on_this_machine(master: str) -> bool:
+    """True for local[...] / local-cluster[...] masters and standalone masters on loopback."""
+    if master == "local" or master.startswith(("local[", "local-cluster[")):
+        return True
+    if not master.startswith("spark://"):
+        return False  # yarn, k8s://, mesos://: a cluster
+    hosts = [hp.rsplit(":", 1)[0].strip("[]") for hp in master[len("spark://") :].split(",")]
+    return all(_is_loopback(host) for host in hosts)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def session_conf(
+    master: str,
+    submitted: Mapping[str, str] | None = None,
+    extra_conf: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The settings get_spark gives the session builder.
+
+    ``submitted`` is what spark-submit already set (its ``--conf``, ``--master``,
+    spark-defaults.conf), None when the project starts Spark itself. Delta's settings, JOB_CONF,
+    the S3A settings of the environment and ``extra_conf`` always apply; LOCAL_CONF and
+    LOOPBACK_CONF only when ``master`` runs on this machine. Under spark-submit nothing
+    overrides a submitted key: only the missing ones are filled in.
+    """
+    env = os.environ if env is None else env
+    local = runs_on_this_machine(master)
+    chosen = {**(submitted or {}), **(extra_conf or {})}
+    conf: dict[str, str] = {**DELTA_CONF, **JOB_CONF}
+    if local:
+        conf.update(LOCAL_CONF)
+        if not (any(k in chosen for k in DRIVER_ADDRESS_KEYS) or env.get("SPARK_LOCAL_IP")):
+            conf.update(LOOPBACK_CONF)
+    conf.update(s3a_conf())
+    conf.update(extra_conf or {})
+    if submitted is None:
+        return conf
+    zone = submitted.get("spark.sql.session.timeZone", "UTC")
+    if zone != "UTC":
+        log.warning("spark.sql.session.timeZone=%s: the ETL's day boundaries assume UTC", zone)
+    return {k: v for k, v in conf.items() if k not in submitted}
+
+
+def _submitted_conf() -> dict[str, str]:
+    """What spark-submit set: the spark.* system properties of the JVM it started."""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # attaches to spark-submit's JVM (PYSPARK_GATEWAY_PORT)
+    return dict(SparkConf().getAll())
+
+
 def get_spark(
     app_name: str = "isrec",
     master: str | None = None,
@@ -116,14 +185,19 @@ def get_spark(
     """Return a SparkSession with Delta configured (and S3A for ``object_store`` lakes).
 
     Outside spark-submit: ``local[*]`` (or ``master``) with the cached jars, resolving them
-    from Maven Central on first use. Under spark-submit: the submitted master and jars are kept.
+    from Maven Central on first use. Under spark-submit: the submitted master and jars are
+    kept, and every submitted setting wins over ours (``session_conf``).
     """
     builder = SparkSession.builder.appName(app_name)
-    conf = {**DELTA_CONF, **LOCAL_CONF, **s3a_conf(), **(extra_conf or {})}
-    if not _running_under_spark_submit():
+    if _running_under_spark_submit():
+        submitted = _submitted_conf()
+        conf = session_conf(submitted.get("spark.master", ""), submitted, extra_conf)
+    else:
         # Python workers must run this interpreter (the venv), not whatever python3 is on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        builder = builder.master(master or os.environ.get("ISREC_SPARK_MASTER", "local[*]"))
+        master = master or os.environ.get("ISREC_SPARK_MASTER", "local[*]")
+        builder = builder.master(master)
+        conf = session_conf(master, None, extra_conf)
         jars = jar_paths(object_store)
         if all(p.is_file() for p in jars):
             conf["spark.jars"] = ",".join(str(p) for p in jars)

@@ -44,7 +44,12 @@ NAMESPACE = "isrec"
 IMAGE = "isrec/isrec:0.1.0"
 LAKE = "s3a://isrec-lake/lake"
 TRACKING_URI = "http://mlflow.isrec.svc.cluster.local:5000"
-S3_ENDPOINT = "http://minio.isrec.svc.cluster.local:9000"
+S3_ENDPOINT = "http://isrec-s3.isrec.svc.cluster.local:8333"
+RAY_VERSION = "2.55.1"
+LOCK = INFRA / "docker" / "requirements.lock"
+# Kustomizations: the long-lived base, the one-shot jobs, the optional object store; the image
+# of every one comes from the component in image/.
+KUSTOMIZATIONS = {".": "base", "jobs": "jobs", "object-store": "object store"}
 
 CRD_SCHEMAS = {
     ("ray.io/v1", "RayCluster"): "raycluster.ray.io-v1.json",
@@ -58,7 +63,12 @@ SPARK_APP = ("sparkoperator.k8s.io/v1beta2", "SparkApplication")
 
 
 def manifest_files() -> list[Path]:
-    return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    """Every manifest under infra/k8s (not the kustomize files of image/ and kustomization.yaml)."""
+    return sorted(
+        p
+        for p in K8S.rglob("*.yaml")
+        if p.name != "kustomization.yaml" and p.parent != K8S / "image"
+    )
 
 
 def load_docs() -> list[tuple[str, dict]]:
@@ -66,7 +76,7 @@ def load_docs() -> list[tuple[str, dict]]:
     for path in manifest_files():
         for doc in yaml.safe_load_all(path.read_text()):
             if doc is not None:
-                docs.append((path.name, doc))
+                docs.append((str(path.relative_to(K8S)), doc))
     return docs
 
 
@@ -219,6 +229,24 @@ BROKEN = [
     ("Service", "mlflow", "spec.ports.0.port", "5000", "port"),
     ("StatefulSet", "mlflow-postgres", "spec.template.spec.containers.0.ports", {}, "ports"),
     ("ConfigMap", "isrec-config", "data.ISREC_LAKE", 3, "ISREC_LAKE"),
+    ("NetworkPolicy", "default-deny-all", "spec.podSelector", "all", "podSelector"),
+    ("NetworkPolicy", "spark", "spec.ingress.0.ports.0.protocol", 6, "protocol"),
+    ("Job", "isrec-s3-buckets", "spec.backoffLimit", "ten", "backoffLimit"),
+    ("Job", "isrec-s3-buckets", "spec.completions", "all", "completions"),
+    (
+        "RayJob",
+        "isrec-train",
+        "spec.submitterPodTemplate.spec.containers.0.securityContext.runAsUser",
+        "me",
+        "runAsUser",
+    ),
+    (
+        "SparkApplication",
+        "isrec-etl",
+        "spec.driver.template.spec.securityContext.runAsNonRoot",
+        "yes",
+        "runAsNonRoot",
+    ),
 ]
 
 
@@ -245,18 +273,22 @@ def test_schema_rejects_broken_copy(kind, name, path, value, fragment):
 
 
 def pod_templates() -> list[tuple[str, dict]]:
-    """(where, pod spec) of every pod the manifests describe."""
+    """(where, pod spec) of every pod the manifests describe (Spark's from its pod templates)."""
     found = []
     for name, doc in DOCS:
         spec = doc.get("spec", {})
         where = f"{name}:{doc['kind']}/{doc['metadata']['name']}"
-        if doc["kind"] in ("Deployment", "StatefulSet"):
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
             found.append((where, spec["template"]["spec"]))
+        if doc["kind"] == "SparkApplication":
+            for role in ("driver", "executor"):
+                found.append((f"{where}:{role}", spec[role]["template"]["spec"]))
         clusters = []
         if doc["kind"] == "RayCluster":
             clusters.append(spec)
         if doc["kind"] == "RayJob":
             clusters.append(spec["rayClusterSpec"])
+            found.append((f"{where}:submitter", spec["submitterPodTemplate"]["spec"]))
         for cluster in clusters:
             found.append((f"{where}:head", cluster["headGroupSpec"]["template"]["spec"]))
             for group in cluster.get("workerGroupSpecs", []):
@@ -264,11 +296,15 @@ def pod_templates() -> list[tuple[str, dict]]:
     return found
 
 
+def containers_of(pod: dict) -> list[dict]:
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
 def ray_containers() -> list[tuple[str, dict]]:
     return [
         (where, c)
         for where, pod in pod_templates()
-        if ":RayCluster/" in where or ":RayJob/" in where
+        if (":RayCluster/" in where or ":RayJob/" in where) and not where.endswith(":submitter")
         for c in pod["containers"]
     ]
 
@@ -278,7 +314,6 @@ def config() -> dict:
 
 
 def test_config_map_holds_the_shared_values():
-    assert config()["ISREC_IMAGE"] == IMAGE
     assert config()["ISREC_LAKE"] == LAKE
     assert config()["MLFLOW_TRACKING_URI"] == TRACKING_URI
     assert config()["AWS_ENDPOINT_URL_S3"] == S3_ENDPOINT == config()["MLFLOW_S3_ENDPOINT_URL"]
@@ -286,14 +321,38 @@ def test_config_map_holds_the_shared_values():
     assert config()["MLFLOW_DISABLE_TELEMETRY"] == "true"
 
 
-def test_one_image_everywhere():
-    images = {where: c["image"] for where, pod in pod_templates() for c in pod["containers"]} | {
-        f"SparkApplication/{d['metadata']['name']}": d["spec"]["image"]
-        for d in docs_of("SparkApplication")
+def all_images() -> dict[str, tuple[str, str | None]]:
+    """where -> (image, imagePullPolicy) of every container that names an image."""
+    images = {
+        f"{where}:{c['name']}": (c["image"], c.get("imagePullPolicy"))
+        for where, pod in pod_templates()
+        for c in containers_of(pod)
+        if "image" in c  # Spark's pod templates take the image from spec.image
     }
-    ours = {w: i for w, i in images.items() if "mlflow-postgres" not in w}
+    for app in docs_of("SparkApplication"):
+        images[f"SparkApplication/{app['metadata']['name']}"] = (
+            app["spec"]["image"],
+            app["spec"].get("imagePullPolicy"),
+        )
+    return images
+
+
+def test_one_image_everywhere():
+    images = {w: image for w, (image, _) in all_images().items()}
+    ours = {w: i for w, i in images.items() if not i.startswith(("postgres:", "chrislusf/"))}
     assert set(ours.values()) == {IMAGE}, ours
-    assert len(ours) >= 10
+    assert len(ours) >= 14
+    for where, image in images.items():  # third-party images: pinned by digest
+        if where not in ours:
+            assert re.search(r"@sha256:[0-9a-f]{64}$", image), where
+
+
+def test_no_mutable_tag_with_if_not_present():
+    """A tag can be pushed again: a node that has it cached would keep running the old image.
+    Without a digest, pods must pull (Always), so every start resolves the tag anew."""
+    for where, (image, policy) in all_images().items():
+        if "@sha256:" not in image:
+            assert policy == "Always", f"{where}: {image} with imagePullPolicy {policy}"
 
 
 def test_tracking_uri_points_at_the_mlflow_service():
@@ -335,14 +394,18 @@ def test_mlflow_uses_postgres_and_an_object_store():
 def test_referenced_config_maps_secrets_and_accounts_exist():
     defined = {(d["kind"], d["metadata"]["name"]) for _, d in DOCS}
     pods = pod_templates()
+    secrets = {d["metadata"]["name"] for d in docs_of("Secret")}
     for app in docs_of("SparkApplication"):
         for role in ("driver", "executor"):
-            pods.append((app["metadata"]["name"], app["spec"][role]))
             account = app["spec"][role].get("serviceAccount")
             if account:
                 assert ("ServiceAccount", account) in defined
+        for key, value in app["spec"]["sparkConf"].items():
+            if ".secretKeyRef." in key:  # spark.kubernetes.<role>.secretKeyRef.ENV: SECRET:KEY
+                secret, secret_key = value.split(":")
+                assert secret in secrets and secret_key in one("Secret", secret)["stringData"]
     for where, pod in pods:
-        for c in pod.get("containers", [pod]):
+        for c in containers_of(pod):
             for source in c.get("envFrom", []):
                 if "configMapRef" in source:
                     assert ("ConfigMap", source["configMapRef"]["name"]) in defined, where
@@ -363,16 +426,19 @@ def image_path(uri: str) -> Path:
 
 
 def test_ray_jobs_run_train_py_with_valid_arguments():
+    from etl.cli import parse
+    from train.promote_config import PromoteConfig
     from train.train_config import parse_config
 
     jobs = docs_of("RayJob")
     assert {j["metadata"]["name"] for j in jobs} == {"isrec-train", "isrec-train-gpu"}
     for job in jobs:
-        argv = shlex.split(job["spec"]["entrypoint"])
-        assert argv[0] == "python"
-        assert image_path(argv[1]) == ROOT / "jobs" / "train.py"
-        assert image_path(argv[1]).is_file()
-        cfg = parse_config(argv[2:])
+        # Training, then the promotion gate, so that @champion exists before scoring.
+        train, promote = (shlex.split(step) for step in job["spec"]["entrypoint"].split("&&"))
+        assert train[0] == promote[0] == "python"
+        assert image_path(train[1]) == ROOT / "jobs" / "train.py"
+        assert image_path(train[1]).is_file()
+        cfg = parse_config(train[2:])
         assert cfg.lake == LAKE
         assert cfg.model == "rnn_mtl"
         assert cfg.num_workers == 2
@@ -388,6 +454,12 @@ def test_ray_jobs_run_train_py_with_valid_arguments():
         else:
             assert not cfg.use_gpu and not any(gpus)
         assert job["spec"]["rayClusterSpec"]["authOptions"]["mode"] == "token"
+        assert job["spec"]["rayClusterSpec"]["rayVersion"] == RAY_VERSION
+        assert image_path(promote[1]) == ROOT / "jobs" / "promote.py"
+        gate = parse(PromoteConfig, promote[2:])
+        assert gate.model_name == f"isrec-{cfg.model}"
+        scored = _score_cli(one("SparkApplication", "isrec-score")["spec"]["arguments"])
+        assert scored["model_uri"] == f"models:/{gate.model_name}@champion"
 
 
 def test_gpu_worker_group_in_the_ray_cluster():
@@ -435,6 +507,7 @@ def test_spark_applications_run_the_jobs_with_valid_arguments():
     assert etl_args.output == LAKE
     assert etl_args.input.startswith("s3a://")
     assert _score_cli(score["spec"]["arguments"])["lake"] == LAKE
+    assert etl["spec"]["sparkConf"]["spark.sql.shuffle.partitions"] == "64"
 
     for app in (etl, score):
         spec = app["spec"]
@@ -442,7 +515,22 @@ def test_spark_applications_run_the_jobs_with_valid_arguments():
         conf = spec["sparkConf"]
         for key, value in DELTA_CONF.items():
             assert conf[key] == value
-        assert conf["spark.hadoop.fs.s3a.endpoint"] == S3_ENDPOINT
+        # The endpoint comes from isrec-config (etl.spark reads AWS_ENDPOINT_URL_S3 in the
+        # driver), credentials from S3A's default chain: nothing hard-coded, no forced provider.
+        assert not any(k.startswith("spark.hadoop.fs.s3a.endpoint") for k in conf)
+        assert "spark.hadoop.fs.s3a.aws.credentials.provider" not in conf
+        for role in ("driver", "executor"):
+            sources = spec[role]["template"]["spec"]["containers"][0]["envFrom"]
+            assert {"configMapRef": {"name": "isrec-config"}} in sources
+            for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                ref = conf[f"spark.kubernetes.{role}.secretKeyRef.{var}"]
+                assert ref == f"isrec-s3-lake:{var}"  # Spark's own, no webhook
+            assert "envFrom" not in spec[role] and "env" not in spec[role]  # webhook-only
+            name = spec[role]["template"]["spec"]["containers"][0]["name"]
+            assert conf[f"spark.kubernetes.{role}.podTemplateContainerName"] == name
+        assert conf["spark.authenticate"] == "true"  # Spark generates the secret per app
+        assert conf["spark.network.crypto.enabled"] == "true"
+        assert spec["executor"]["memoryOverhead"]
         jars = [Path(j.removeprefix("local://")).name for j in spec["deps"]["jars"]]
         assert set(DELTA_JAR_NAMES) <= set(jars)
         assert "org.apache.hadoop_hadoop-aws-3.3.4.jar" in jars
@@ -451,18 +539,214 @@ def test_spark_applications_run_the_jobs_with_valid_arguments():
             assert Path(jar).name in DOCKERFILE.read_text(), f"{jar} is not built into the image"
 
 
-def test_kustomization_lists_existing_files():
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    for resource in kustomization["resources"]:
-        assert (K8S / resource).is_file(), resource
+def kustomize(directory: Path) -> list[dict]:
     kubectl = shutil.which("kubectl")
-    if kubectl:  # client-side build only, no cluster needed
-        out = subprocess.run(
-            [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=120
-        )
-        assert out.returncode == 0, out.stderr
-        kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout) if d]
-        assert "RayCluster" in kinds and "Deployment" in kinds
+    if not kubectl:
+        pytest.skip("kubectl is not installed (client-side `kubectl kustomize` only)")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def test_kustomizations_list_every_manifest_once():
+    listed = []
+    for directory in KUSTOMIZATIONS:
+        kustomization = yaml.safe_load((K8S / directory / "kustomization.yaml").read_text())
+        assert kustomization["components"] == ["../image" if directory != "." else "image"]
+        for resource in kustomization["resources"]:
+            assert (K8S / directory / resource).is_file(), resource
+            listed.append((K8S / directory / resource).resolve())
+    expected = [p.resolve() for p in manifest_files() if p.name != "secrets.example.yaml"]
+    assert sorted(listed) == sorted(expected)
+    kinds = [d["kind"] for d in kustomize(K8S)]
+    assert "RayCluster" in kinds and "Deployment" in kinds and "NetworkPolicy" in kinds
+    assert "RayJob" not in kinds and "SparkApplication" not in kinds  # one-shot: jobs/
+
+
+def test_image_override_reaches_every_workload(tmp_path):
+    """One `images:` entry (image/kustomization.yaml) sets registry and digest everywhere,
+    SparkApplication.spec.image included."""
+    tree = tmp_path / "k8s"
+    shutil.copytree(K8S, tree)
+    component = tree / "image" / "kustomization.yaml"
+    digest = "sha256:" + "ab" * 32
+    text = component.read_text().replace("newName: isrec/isrec", "newName: reg.example/isrec")
+    component.write_text(text.replace("newTag: 0.1.0", f"digest: {digest}"))
+    images = []
+    for directory in KUSTOMIZATIONS:
+        docs = kustomize(tree / directory)
+        found = json.dumps(docs)
+        assert f'"{IMAGE}"' not in found, directory
+        images += re.findall(r'"image": "(reg\.example/isrec@[^"]+)"', found)
+    assert set(images) == {f"reg.example/isrec@{digest}"}
+    assert len(images) >= 14
+
+
+def test_run_job_script_knows_every_job():
+    script = K8S / "run-job.sh"
+    assert os.access(script, os.X_OK)
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    for job in docs_of("RayJob") + docs_of("SparkApplication"):
+        name = job["metadata"]["name"]
+        assert job["metadata"]["labels"]["app.kubernetes.io/name"] == name  # its -l selector
+        assert f"name={name} " in text, name
+    out = subprocess.run([str(script), "bogus"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "usage" in out.stderr
+    assert_shellcheck_clean(script)
+
+
+# ---------------------------------------------------------------------------------------------
+# Security: Pod Security "restricted", NetworkPolicies, credentials per bucket
+
+
+def security_problems(pod: dict) -> list[str]:
+    """Why a pod would break Pod Security "restricted" (empty when it passes): root, privileged,
+    privilege escalation, kept capabilities, no RuntimeDefault seccomp, host namespaces."""
+    problems = []
+    pod_ctx = pod.get("securityContext", {})
+    if pod_ctx.get("runAsUser") == 0:
+        problems.append("pod runs as root (runAsUser 0)")
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            problems.append(f"pod sets {flag}")
+    for volume in pod.get("volumes", []):
+        if "hostPath" in volume:
+            problems.append(f"hostPath volume {volume['name']}")
+    for c in containers_of(pod):
+        ctx = c.get("securityContext", {})
+        name = c["name"]
+        if ctx.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if not ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")):
+            problems.append(f"{name}: runAsNonRoot is not true")
+        if ctx.get("runAsUser", pod_ctx.get("runAsUser")) in (0, None):
+            problems.append(f"{name}: runs as root (or the image's user)")
+        if ctx.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation is not false")
+        if ctx.get("capabilities", {}).get("drop") != ["ALL"] or ctx["capabilities"].get("add"):
+            problems.append(f"{name}: capabilities are not drop: [ALL]")
+        seccomp = ctx.get("seccompProfile", pod_ctx.get("seccompProfile", {}))
+        if seccomp.get("type") not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: no RuntimeDefault seccomp profile")
+    return problems
+
+
+def test_namespace_enforces_pod_security_restricted():
+    labels = one("Namespace", NAMESPACE)["metadata"]["labels"]
+    for mode in ("enforce", "audit", "warn"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+
+
+@pytest.mark.parametrize("where", [w for w, _ in pod_templates()])
+def test_every_pod_is_restricted(where):
+    pod = dict(pod_templates())[where]
+    assert not security_problems(pod), security_problems(pod)
+
+
+def test_autoscaler_sidecar_is_restricted():
+    ctx = one("RayCluster", "isrec-ray")["spec"]["autoscalerOptions"]["securityContext"]
+    assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"]["drop"] == ["ALL"]
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda pod, c: c["securityContext"].update(privileged=True), "privileged"),
+        (lambda pod, c: c["securityContext"].update(runAsUser=0), "root"),
+        (lambda pod, c: pod["securityContext"].update(runAsUser=0), "root"),
+        (lambda pod, c: pod["securityContext"].pop("runAsNonRoot"), "runAsNonRoot"),
+        (lambda pod, c: c["securityContext"].pop("allowPrivilegeEscalation"), "Escalation"),
+        (lambda pod, c: c["securityContext"]["capabilities"].update(add=["NET_ADMIN"]), "capab"),
+        (lambda pod, c: pod["securityContext"].pop("seccompProfile"), "seccomp"),
+        (lambda pod, c: pod.update(hostNetwork=True), "hostNetwork"),
+    ],
+)
+def test_security_check_fails_on_a_privileged_or_root_container(change, problem):
+    pod = copy.deepcopy(one("Deployment", "mlflow")["spec"]["template"]["spec"])
+    assert not security_problems(pod)
+    change(pod, pod["containers"][0])
+    assert any(problem in p for p in security_problems(pod)), security_problems(pod)
+
+
+def _selects(policy: dict, labels: dict[str, str]) -> bool:
+    selector = policy["spec"]["podSelector"]
+    for key, value in selector.get("matchLabels", {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions", []):
+        present = expr["key"] in labels
+        if expr["operator"] == "Exists" and not present:
+            return False
+        if expr["operator"] == "In" and labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def test_network_policies_deny_by_default_and_open_what_each_needs():
+    policies = {p["metadata"]["name"]: p for p in docs_of("NetworkPolicy")}
+    deny = policies["default-deny-all"]["spec"]
+    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny and "egress" not in deny
+    # The labels KubeRay and Spark put on their pods select the Ray and Spark policies.
+    ray_pod = {"ray.io/node-type": "worker", "ray.io/cluster": "isrec-ray"}
+    spark_pod = {"spark-role": "executor"}
+    assert [n for n, p in policies.items() if _selects(p, ray_pod) and n != "allow-dns"] == [
+        "default-deny-all",
+        "ray",
+    ]
+    assert "spark" in [n for n, p in policies.items() if _selects(p, spark_pod)]
+    spark_ports = {
+        port["port"] for rule in policies["spark"]["spec"]["ingress"] for port in rule["ports"]
+    }
+    for app in docs_of("SparkApplication"):
+        conf = app["spec"]["sparkConf"]
+        fixed = {"spark.driver.port", "spark.driver.blockManager.port", "spark.blockManager.port"}
+        assert {int(conf[k]) for k in fixed} == spark_ports, app["metadata"]["name"]
+    head_ports = {
+        port["port"]
+        for rule in policies["ray"]["spec"]["ingress"]
+        for port in rule.get("ports", [])
+    }
+    assert head_ports == {8265}  # job API for submitters and the operator; the rest: Ray pods
+    # Every pod the manifests create is selected by a policy beyond the default deny.
+    for where, _ in pod_templates():
+        labels = pod_labels(where)
+        allowed = [n for n, p in policies.items() if _selects(p, labels)]
+        assert set(allowed) - {"default-deny-all", "allow-dns"}, where
+
+
+def pod_labels(where: str) -> dict[str, str]:
+    """The labels a pod of pod_templates() will carry (the operators add Ray's and Spark's)."""
+    file, kind_name, *part = where.split(":")
+    kind, name = kind_name.split("/")
+    doc = one(kind, name)
+    if kind == "SparkApplication":
+        return {"spark-role": part[0]}
+    if kind in ("RayCluster", "RayJob"):
+        if part == ["submitter"]:
+            return doc["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+        return {"ray.io/node-type": "head" if part == ["head"] else "worker"}
+    return doc["spec"]["template"]["metadata"]["labels"]
+
+
+def test_each_role_has_its_own_bucket_key():
+    """Spark and Ray: the lake's key; the MLflow server: the artifacts' key; nobody both."""
+    uses: dict[str, set[str]] = {}
+    for where, pod in pod_templates():
+        for c in containers_of(pod):
+            for source in c.get("envFrom", []):
+                if "secretRef" in source:
+                    uses.setdefault(source["secretRef"]["name"], set()).add(where.split(":")[1])
+    for app in docs_of("SparkApplication"):
+        refs = {v.split(":")[0] for k, v in app["spec"]["sparkConf"].items() if "secretKeyRef" in k}
+        assert refs == {"isrec-s3-lake"}
+    assert uses["isrec-s3-mlflow"] == {"Deployment/mlflow"}
+    assert all(w.startswith(("RayCluster/", "RayJob/")) for w in uses["isrec-s3-lake"])
+    assert uses["isrec-s3-admin"] == {"Job/isrec-s3-buckets"}
+    assert "isrec-s3" not in uses  # the old all-buckets key is gone
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,9 +792,12 @@ def test_dockerfile_builds_the_pinned_stack():
         "LABEL",
     }
     assert instructions[0][0] == "FROM" and instructions[0][1].startswith("python:3.11")
+    # The base image pinned by digest (a tag can be pushed again), a real one: 64 hex digits.
+    assert re.fullmatch(r"python:3\.11[\w.-]*@sha256:[0-9a-f]{64}", instructions[0][1])
     runs = " ".join(a for w, a in instructions if w == "RUN")
     assert "openjdk-17-jre-headless" in runs
-    assert re.search(r"pip install \.(\s|$)", runs), "the image installs the project (pyproject)"
+    assert "pip install --no-deps --require-hashes -r /tmp/requirements.lock" in runs
+    assert re.search(r"pip install --no-deps --no-build-isolation \.(\s|$)", runs), "the project"
     assert "python -m etl.spark --fetch-jars --object-store" in runs  # Delta + S3A jars
     workdir = [a for w, a in instructions if w == "WORKDIR"]
     assert workdir == [IMAGE_ROOT]
@@ -518,6 +805,70 @@ def test_dockerfile_builds_the_pinned_stack():
     assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
     entrypoint = json.loads(next(a for w, a in instructions if w == "ENTRYPOINT"))
     assert "/opt/entrypoint.sh" in entrypoint
+
+
+def test_dockerfile_installs_the_lock_before_the_code():
+    """A code change must not re-download torch: the locked stack is one layer, before any
+    COPY of etl/, train/ or jobs/ (the jar step copies only the modules etl.spark needs)."""
+    instructions = dockerfile_instructions()
+    index = {i: (w, a) for i, (w, a) in enumerate(instructions)}
+    lock_copy = next(i for i, (w, a) in index.items() if w == "COPY" and "requirements.lock" in a)
+    lock_install = next(i for i, (w, a) in index.items() if w == "RUN" and "--require-hashes" in a)
+    code = [
+        i for i, (w, a) in index.items() if w == "COPY" and re.search(r"\b(etl|train|jobs)\b", a)
+    ]
+    assert lock_copy < lock_install < min(code)
+    jar_step = next(i for i, (w, a) in index.items() if w == "RUN" and "--fetch-jars" in a)
+    (partial,) = [i for i in code if i < jar_step]
+    assert index[partial][1].split()[:-1] == [
+        "etl/__init__.py",
+        "etl/project.py",
+        "etl/storage.py",
+        "etl/spark.py",
+    ]
+    # Those four are all etl.spark imports of the project.
+    imports = set(re.findall(r"^from (etl\.\w+) import", (ROOT / "etl/spark.py").read_text(), re.M))
+    assert imports == {"etl.project", "etl.storage"}
+
+
+def locked() -> dict[str, str]:
+    """name -> exact version of every package in requirements.lock (each with its hashes)."""
+    pins = {}
+    text = LOCK.read_text()
+    for match in re.finditer(r"^([A-Za-z0-9_.\-]+)==(\S+) \\\n\s+--hash=sha256:", text, re.M):
+        pins[match.group(1).lower().replace("_", "-")] = match.group(2)
+    assert len(pins) == len(re.findall(r"^[A-Za-z0-9]", text, re.M)), "a pin without hashes"
+    return pins
+
+
+def test_lock_pins_the_whole_stack():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    pins = locked()
+    # Ray of the image = the manifests' rayVersion = the client's pin range.
+    assert pins["ray"] == RAY_VERSION
+    versions = {
+        d["spec"].get("rayVersion") or d["spec"]["rayClusterSpec"]["rayVersion"]
+        for d in docs_of("RayCluster") + docs_of("RayJob")
+    }
+    assert versions == {RAY_VERSION}
+    # Every dependency of pyproject.toml is in the lock, at a version its range allows.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for line in project["dependencies"]:
+        req = Requirement(line)
+        name = req.name.lower().replace("_", "-")
+        assert name in pins, line
+        assert req.specifier.contains(pins[name], prereleases=True), (line, pins[name])
+    for extra in ("psycopg2-binary", "boto3", "s3fs", "torch", "pyspark", "mlflow"):
+        assert extra in pins
+    # torch's CUDA build: PyPI's Linux wheel of this torch links CUDA 13.0 (documented in the
+    # Dockerfile and infra/README.md with the driver it needs).
+    assert pins["nvidia-cuda-runtime"].startswith("13.0.")
+    assert (
+        "CUDA 13.0" in DOCKERFILE.read_text() and "CUDA 13.0" in (INFRA / "README.md").read_text()
+    )
 
 
 def test_dockerfile_copies_existing_files():
@@ -566,12 +917,28 @@ def test_script_syntax_and_style(name):
     # Stopping is by recorded PID only: never by process name, never Ray's machine-wide stop.
     assert not re.search(r"\b(pkill|killall)\b", text)
     assert not re.search(r"^\s*ray stop\b", text, re.M)
+    assert_shellcheck_clean(path)
+
+
+def assert_shellcheck_clean(path: Path) -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck:
         out = subprocess.run(
-            [shellcheck, "-x", "-S", "warning", str(path)], capture_output=True, text=True
+            [shellcheck, "-x", "-S", "warning", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
         )
         assert out.returncode == 0, out.stdout
+
+
+def test_lock_script_is_valid_bash():
+    script = INFRA / "docker" / "lock.sh"
+    assert os.access(script, os.X_OK)
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    assert "requirements.lock" in script.read_text()
+    assert "infra/docker/lock.sh" in LOCK.read_text().split("\n", 3)[1]  # made by it
+    assert_shellcheck_clean(script)
 
 
 def test_scripts_refuse_unknown_commands(tmp_path):
@@ -584,19 +951,49 @@ def test_scripts_refuse_unknown_commands(tmp_path):
         assert "usage" in out.stderr
 
 
+def exports_of(out: subprocess.CompletedProcess) -> dict[str, str]:
+    """The variables a script's `env` command prints (`export KEY=VALUE` lines)."""
+    assert out.returncode == 0, out.stderr
+    return dict(line.removeprefix("export ").split("=", 1) for line in out.stdout.splitlines())
+
+
+def all_env(env: dict) -> dict[str, str]:
+    return exports_of(
+        subprocess.run(
+            [str(LOCAL / "all.sh"), "env"], capture_output=True, text=True, env=env, timeout=60
+        )
+    )
+
+
 def test_env_prints_client_settings(tmp_path):
     env = {**os.environ, "ISREC_CLUSTER_DIR": str(tmp_path), "ISREC_RAY_DASHBOARD_PORT": "18999"}
-    out = subprocess.run(
-        [str(LOCAL / "all.sh"), "env"], capture_output=True, text=True, env=env, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    exports = dict(line.removeprefix("export ").split("=", 1) for line in out.stdout.splitlines())
+    exports = all_env(env)
     assert exports["ISREC_SPARK_MASTER"] == "spark://127.0.0.1:7077"
     assert exports["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
     assert exports["RAY_API_SERVER_ADDRESS"] == "http://127.0.0.1:18999"
     assert exports["RAY_AUTH_MODE"] == "token"
     assert exports["RAY_AUTH_TOKEN_PATH"] == str(tmp_path / "ray" / "auth_token")
     assert exports["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+
+
+def test_env_on_another_address(tmp_path):
+    """ISREC_BIND_HOST moves every service to another of the host's addresses; a worker host
+    points at the master's and head's (the two-host test runs this for real)."""
+    env = {**os.environ, "ISREC_CLUSTER_DIR": str(tmp_path), "ISREC_BIND_HOST": "10.231.0.1"}
+    exports = all_env(env)
+    assert exports["ISREC_SPARK_MASTER"] == "spark://10.231.0.1:7077"
+    assert exports["RAY_ADDRESS"] == "10.231.0.1:6379"
+    assert exports["MLFLOW_TRACKING_URI"] == "http://10.231.0.1:5000"
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in exports  # loopback only
+    worker = {
+        **env,
+        "ISREC_BIND_HOST": "10.231.0.2",
+        "ISREC_SPARK_MASTER_URL": "spark://10.231.0.1:7077",
+        "ISREC_RAY_HEAD_ADDRESS": "10.231.0.1:6379",
+    }
+    exports = all_env(worker)
+    assert exports["ISREC_SPARK_MASTER"] == "spark://10.231.0.1:7077"
+    assert exports["RAY_API_SERVER_ADDRESS"] == "http://10.231.0.1:8265"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -710,6 +1107,18 @@ SERVICES = {
 UPLOAD_EXCLUDES = [".git/", ".gpu/", "test-artifacts/", "tests/"]
 
 
+def generate_world(raw: Path, users: int, seed: int) -> None:
+    """A small synthetic Taobao world (3 days, 1 of history) for the cluster tests."""
+    generated = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "generate.py"), "--out", str(raw)]
+        + ["--users", str(users), "--days", "3", "--history-days", "1", "--seed", str(seed)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert generated.returncode == 0, generated.stderr[-3000:]
+
+
 def recorded_services(state: Path) -> dict[int, str]:
     """PID -> start time of every process recorded by the services that came up."""
     names = [n for names in SERVICES.values() for n in names if (state / f"{n}.pids").exists()]
@@ -724,7 +1133,7 @@ def test_cluster_modes_end_to_end(cluster_env, tmp_path):
     spark-submit runs jobs/etl.py on the standalone master (world -> Delta lake), `ray job
     submit` runs jobs/train.py on the Ray cluster (ESMM, 2 Ray Train workers), the run and the
     registered model land in the MLflow server; all.sh stop ends every recorded process."""
-    from etl.spark import DELTA_CONF, delta_jar_paths, fetch_jars
+    from etl.spark import delta_jar_paths, fetch_jars
     from etl.spec import FeatureSpec
 
     master, master_ui, worker, worker_ui, gcs, dashboard, client, mlflow_port = free_ports(8)
@@ -770,11 +1179,7 @@ def test_cluster_modes_end_to_end(cluster_env, tmp_path):
         for names in SERVICES.values():  # each service listens on loopback itself
             assert_loopback_only(recorded(state, *names))
 
-        exports = run_script("all.sh", "env", env).stdout.splitlines()
-        client_env = dict(env)
-        for line in exports:
-            key, value = line.removeprefix("export ").split("=", 1)
-            client_env[key] = value
+        client_env = {**env, **exports_of(run_script("all.sh", "env", env))}
         assert client_env["ISREC_SPARK_MASTER"] == spark_url
         assert client_env["RAY_API_SERVER_ADDRESS"] == ray_url
         assert client_env["MLFLOW_TRACKING_URI"] == mlflow_url
@@ -805,20 +1210,11 @@ def test_cluster_modes_end_to_end(cluster_env, tmp_path):
 
         # --- 2. a synthetic world, and the ETL with spark-submit on the standalone master -----
         raw, lake = tmp_path / "raw", tmp_path / "lake"
-        generated = subprocess.run(
-            [sys.executable, str(ROOT / "jobs" / "generate.py"), "--out", str(raw)]
-            + ["--users", "200", "--days", "3", "--history-days", "1", "--seed", "7"],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert generated.returncode == 0, generated.stderr[-3000:]
+        generate_world(raw, users=200, seed=7)
         jars = delta_jar_paths() if all(p.is_file() for p in delta_jar_paths()) else fetch_jars()
+        # As infra/README.md's command: no driver address, no UI switch (etl.spark fills them
+        # in for a master on loopback, and only there).
         conf = {
-            **DELTA_CONF,
-            "spark.driver.host": "127.0.0.1",
-            "spark.driver.bindAddress": "127.0.0.1",
-            "spark.ui.enabled": "false",
             "spark.executor.memory": "1g",
             "spark.cores.max": "1",
             "spark.pyspark.python": sys.executable,
@@ -834,7 +1230,7 @@ def test_cluster_modes_end_to_end(cluster_env, tmp_path):
             capture_output=True,
             text=True,
             timeout=1800,
-            env={**client_env, "SPARK_LOCAL_IP": "127.0.0.1"},
+            env={k: v for k, v in client_env.items() if k != "SPARK_LOCAL_IP"},
         )
         assert etl.returncode == 0, etl.stdout[-3000:] + etl.stderr[-5000:]
         apps = list((state / "spark" / "work").glob("app-*"))

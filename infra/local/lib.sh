@@ -12,7 +12,10 @@ mkdir -p "$STATE_DIR"
 STATE_DIR="$(cd "$STATE_DIR" && pwd)"
 START_TIMEOUT="${ISREC_START_TIMEOUT:-180}"
 STOP_TIMEOUT="${ISREC_STOP_TIMEOUT:-15}"
-BIND_HOST=127.0.0.1
+# The address every service binds to and advertises: loopback unless ISREC_BIND_HOST names one
+# of this host's addresses that the other hosts reach (a cluster across machines; tests/
+# test_two_hosts.py uses the addresses of a network namespace).
+BIND_HOST="${ISREC_BIND_HOST:-127.0.0.1}"
 
 # The project's virtual environment provides spark-class, ray and mlflow.
 if [[ -z "${ISREC_PYTHON:-}" ]]; then
@@ -219,7 +222,15 @@ wait_until() {
   done
 }
 
-# Fail early with a clear message when a TCP port on 127.0.0.1 is already taken.
+# True when BIND_HOST is a loopback address (127.0.0.0/8, ::1, localhost).
+bind_host_is_loopback() {
+  [[ "$BIND_HOST" == 127.* || "$BIND_HOST" == ::1 || "$BIND_HOST" == localhost ]]
+}
+
+# has_role ROLES ROLE: true when the space- or comma-separated ROLES contain ROLE.
+has_role() { [[ " ${1//,/ } " == *" $2 "* ]]; }
+
+# Fail early with a clear message when a TCP port on BIND_HOST is already taken.
 port_free() {
   ! (exec 3<>"/dev/tcp/$BIND_HOST/$1") 2>/dev/null
 }
@@ -229,6 +240,14 @@ require_free_ports() {
   for port in "$@"; do
     port_free "$port" || die "port $BIND_HOST:$port is already in use (override it, see --help)"
   done
+}
+
+# role_status ROLES ROLE NAME DETAIL: the status line of service NAME when this host's ROLES
+# include ROLE; fails (3) when that service is not running.
+role_status() {
+  has_role "$1" "$2" || return 0
+  print_status_line "$3" "$4"
+  service_alive "$3" || return 3
 }
 
 print_status_line() {
