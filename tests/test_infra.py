@@ -922,14 +922,11 @@ def test_script_syntax_and_style(name):
 
 def assert_shellcheck_clean(path: Path) -> None:
     shellcheck = shutil.which("shellcheck")
-    if shellcheck:
-        out = subprocess.run(
-            [shellcheck, "-x", "-S", "warning", str(path)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        )
-        assert out.returncode == 0, out.stdout
+    assert shellcheck, "shellcheck is not installed (.ci/run installs it from Debian's packages)"
+    out = subprocess.run(
+        [shellcheck, "-x", "-S", "warning", str(path)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stdout
 
 
 def test_lock_script_is_valid_bash():
