@@ -8,6 +8,8 @@ so that every test module importing the fixture reuses it).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import socket
@@ -15,7 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,6 +290,36 @@ def wait_http(url: str, proc: subprocess.Popen, log_path: Path, timeout: float =
             pass
         time.sleep(1)
     pytest.fail(f"{url} did not answer within {timeout}s:\n{log_path.read_text()[-4000:]}")
+
+
+@contextlib.contextmanager
+def serve_model(model_uri: str, tracking_uri: str, log_dir: Path) -> Iterator[str]:
+    """A real `mlflow models serve` of ``model_uri`` on 127.0.0.1 (one worker); its URL."""
+    port = free_port()
+    log_path = log_dir / "serve.log"
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
+    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    proc = start(cmd, log_path, env=mlflow_env(tracking_uri))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/ping", proc, log_path)
+        yield url
+    finally:
+        stop(proc)
+
+
+def post_invocations(url: str, payload: dict, timeout: float = 120) -> tuple[int, dict]:
+    """POST ``payload`` to the server's /invocations: (HTTP status, JSON body)."""
+    request = urllib.request.Request(
+        f"{url}/invocations",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
 
 
 # --- cheap registry versions -------------------------------------------------------------------

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 Request = dict[str, Any]
 
@@ -24,6 +27,35 @@ def good_request(time: int = 1_494_100_000, candidates: list[int] | None = None)
         ],
         "profile": {"final_gender_code": 1, "age_level": 3},
     }
+
+
+def world_request(world: Path, row: Any, events: pd.DataFrame, others: list[int]) -> Request:
+    """The request a shop would send for the raw impression ``row`` of a generated ``world``
+    (a raw_sample.csv row): ``events`` (behavior_log.csv rows of the user before it, in time
+    order), the profile as published, the shown ad first, then ``others``."""
+    profiles = pd.read_csv(world / "user_profile.csv").rename(columns=str.strip)
+    profile = profiles[profiles.userid == row.user].drop(columns="userid")
+    shown = int(row.adgroup_id)
+    return {
+        "user_id": int(row.user),
+        "time": int(row.time_stamp),
+        "pid": str(row.pid),
+        "candidates": [shown, *[int(a) for a in others if a != shown]],
+        "events": [
+            {
+                "time": int(e.time_stamp),
+                "btag": e.btag,
+                "cate": _int(e.cate),
+                "brand": _int(e.brand),
+            }
+            for e in events.itertuples()
+        ],
+        "profile": {k: _int(v) for k, v in profile.iloc[0].items()} if len(profile) else {},
+    }
+
+
+def _int(value: Any) -> int | None:
+    return None if pd.isna(value) else int(value)
 
 
 def _set(key: str, value: Any) -> Callable[[Request], Request]:

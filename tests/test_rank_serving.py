@@ -8,16 +8,14 @@ import copy
 import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from helpers_mlflow import PROJECT_ROOT, free_port, mlflow_env, start, stop, wait_http
-from helpers_requests import BAD_REQUESTS
+from helpers_mlflow import PROJECT_ROOT, mlflow_env, post_invocations, serve_model
+from helpers_requests import BAD_REQUESTS, world_request
 
 from train import pyfunc
 from train.tracking.store import configure
@@ -26,38 +24,15 @@ SLATE = 12
 
 
 def raw_request(ranker, row: pd.Series, others: list[int]) -> dict:
-    """The request a shop would send for the raw impression ``row``: the user's behaviors
-    before it (raw behavior_log), the profile as published, the shown ad and other ads."""
+    """The user's behaviors before the impression (raw behavior_log) in a raw request."""
     behaviors = pd.read_csv(ranker.world / "behavior_log.csv")
     mine = behaviors[(behaviors.user == row.user) & (behaviors.time_stamp < row.time_stamp)]
-    mine = mine.sort_values("time_stamp", kind="stable")
-    profiles = pd.read_csv(ranker.world / "user_profile.csv").rename(columns=str.strip)
-    profile = profiles[profiles.userid == row.user].drop(columns="userid")
-    return {
-        "user_id": int(row.user),
-        "time": int(row.time_stamp),
-        "pid": row.pid,
-        "candidates": [int(row.adgroup_id), *[a for a in others if a != row.adgroup_id]],
-        "events": [
-            {
-                "time": int(e.time_stamp),
-                "btag": e.btag,
-                "cate": _int(e.cate),
-                "brand": _int(e.brand),
-            }
-            for e in mine.itertuples()
-        ],
-        "profile": {k: _int(v) for k, v in profile.iloc[0].items()} if len(profile) else {},
-    }
+    return world_request(ranker.world, row, mine.sort_values("time_stamp", kind="stable"), others)
 
 
 def frame_of(requests: list[dict]) -> pd.DataFrame:
     """A frame of copies: MLflow's schema enforcement converts nested lists in place."""
     return pd.DataFrame(copy.deepcopy(requests))
-
-
-def _int(value) -> int | None:
-    return None if pd.isna(value) else int(value)
 
 
 @pytest.fixture(scope="module")
@@ -134,30 +109,14 @@ def test_rank_job_prints_the_response(ranker, model, requests_, tmp_path) -> Non
 # --- a real `mlflow models serve` ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(ranker, tmp_path_factory) -> Iterator[str]:
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("serve-raw") / "serve.log"
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", ranker.model_uri]
-    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-    proc = start(cmd, log_path, env=mlflow_env(ranker.tracking_uri))
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/ping", proc, log_path)
+    with serve_model(
+        ranker.model_uri, ranker.tracking_uri, tmp_path_factory.mktemp("serve")
+    ) as url:
         yield url
-    finally:
-        stop(proc)
 
 
 def post(url: str, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        f"{url}/invocations",
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
+    return post_invocations(url, payload)
 
 
 def test_served_raw_requests(server, model, requests_) -> None:

@@ -4,16 +4,13 @@ answers bad requests with 4xx and a message that names the problem."""
 from __future__ import annotations
 
 import json
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from helpers_mlflow import champion, free_port, mlflow_env, start, stop, wait_http  # noqa: F401
+from helpers_mlflow import champion, post_invocations, serve_model  # noqa: F401
 
 from train import pyfunc
 from train.tracking.store import configure
@@ -21,30 +18,14 @@ from train.tracking.store import configure
 
 @pytest.fixture(scope="module")
 def server(champion, tmp_path_factory) -> Iterator[str]:  # noqa: F811
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", champion.champion_uri]
-    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-    proc = start(cmd, log_path, env=mlflow_env(champion.tracking_uri))
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/ping", proc, log_path)
+    with serve_model(
+        champion.champion_uri, champion.tracking_uri, tmp_path_factory.mktemp("serve")
+    ) as url:
         yield url
-    finally:
-        stop(proc)
 
 
 def post(url: str, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        f"{url}/invocations",
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
+    return post_invocations(url, payload)
 
 
 def session_candidates(champion, n: int = 4) -> pd.DataFrame:  # noqa: F811

@@ -60,9 +60,7 @@ import math  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
-import urllib.request  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -200,10 +198,6 @@ def build(args: BenchServingConfig) -> dict:
 
 
 # --- the request ----------------------------------------------------------------------------
-def _int(value) -> int | None:
-    return None if pd.isna(value) else int(value)
-
-
 def make_request(world: Path, n_candidates: int, n_events: int) -> dict:
     """A real impression (the latest with at least ``n_events`` behaviors before it, unique
     per user and second) as a raw request: its last ``n_events`` behaviors, the profile, the
@@ -222,28 +216,13 @@ def make_request(world: Path, n_candidates: int, n_events: int) -> dict:
     row = enough.sort_values("time_stamp", kind="stable").iloc[-1]
     mine = behaviors[(behaviors.user == row.user) & (behaviors.time_stamp < row.time_stamp)]
     mine = mine.tail(n_events) if n_events else mine.iloc[:0]
-    profiles = pd.read_csv(world / "user_profile.csv").rename(columns=str.strip)
-    profile = profiles[profiles.userid == row.user].drop(columns="userid")
     ads = pd.read_csv(world / "ad_feature.csv").adgroup_id.astype(int).tolist()
     others = [a for a in ads if a != int(row.adgroup_id)][: n_candidates - 1]
     if len(others) < n_candidates - 1:
         raise SystemExit(f"error: the world has {len(ads)} ads, fewer than --candidates")
-    return {
-        "user_id": int(row.user),
-        "time": int(row.time_stamp),
-        "pid": str(row.pid),
-        "candidates": [int(row.adgroup_id), *others],
-        "events": [
-            {
-                "time": int(e.time_stamp),
-                "btag": e.btag,
-                "cate": _int(e.cate),
-                "brand": _int(e.brand),
-            }
-            for e in mine.itertuples()
-        ],
-        "profile": {k: _int(v) for k, v in profile.iloc[0].items()} if len(profile) else {},
-    }
+    from helpers_requests import world_request
+
+    return world_request(world, row, mine, others)
 
 
 def frame_of(request: dict) -> pd.DataFrame:
@@ -420,7 +399,7 @@ def batch_path(args: BenchServingConfig, info: dict, model, inner) -> dict:
 
 # --- served -----------------------------------------------------------------------------------
 def served(args: BenchServingConfig, info: dict, request: dict) -> dict:
-    from helpers_mlflow import free_port, mlflow_env, start, stop
+    from helpers_mlflow import free_port, mlflow_env, start, stop, wait_http
 
     port = free_port()
     log_path = Path(args.data_dir) / "serve.log"
@@ -430,7 +409,7 @@ def served(args: BenchServingConfig, info: dict, request: dict) -> dict:
     t0 = time.perf_counter()
     proc = start(cmd, log_path, env=env)
     try:
-        wait_ping(f"http://127.0.0.1:{port}/ping", proc, log_path)
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, log_path)
         startup_s = time.perf_counter() - t0
         body = json.dumps({"dataframe_records": [request], "params": {"policy": args.policy}})
         headers = {"Content-Type": "application/json"}
@@ -469,21 +448,6 @@ def tree_cpu_seconds(pid: int) -> float:
         except psutil.NoSuchProcess:
             pass
     return total
-
-
-def wait_ping(url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer within {timeout}s:\n{log_path.read_text()[-3000:]}")
 
 
 # --- report ---------------------------------------------------------------------------------
