@@ -9,7 +9,7 @@ model: train/pyfunc.py) and applies a ranking policy (train/policy.py).
 
 Request fields: ``user_id`` (int), ``time`` (Unix seconds), ``pid`` (slot string),
 ``candidates`` (list of ad ids, 1..MAX_CANDIDATES), optional ``events`` (list of
-``{"time", "btag", "cate", "brand"}``, optionally ``"item"``; in time order, none after
+``{"time", "btag", "cate", "brand"}``, optionally ``"item"``; in time order, all before
 ``time``) and optional ``profile`` (user_profile.csv fields; absent = null).
 Params: ``policy`` (a train.policy spec, default greedy), ``beta`` (the incentive weight for
 policies that take one), ``k`` (how many ranked candidates to return, default all), ``seed``.
@@ -57,6 +57,19 @@ class Request:
     candidates: list[int]
     events: list[Event] = field(default_factory=list)
     profile: dict[str, int | None] = field(default_factory=dict)
+
+    def online(self) -> Any:
+        """This request as etl.online's ``RankRequest`` (what the feature bundle encodes)."""
+        from etl.online import RankRequest
+
+        return RankRequest(
+            user_id=self.user_id,
+            time=self.time,
+            candidates=np.asarray(self.candidates, dtype=np.int64),
+            pid=self.pid,
+            events=[vars(e) for e in self.events],
+            profile=self.profile,
+        )
 
 
 @dataclass(frozen=True)
@@ -253,32 +266,26 @@ class SlateScorer:
 
     def __init__(self, model: Any, bundle: Any) -> None:
         self.model, self.bundle = model, bundle
+        spec = bundle.spec
+        dense = {f.name for f in spec.fields if f.kind == "dense"}
+        names = [f.name for f in spec.fields] + ([spec.length_field] if spec.sequence else [])
+        self.dtypes = {n: np.float32 if n in dense else np.int64 for n in names}  # model inputs
 
     def __call__(self, request: Request) -> dict[str, np.ndarray]:
         import torch
 
-        from etl.online import RankRequest, encode_request
+        from etl.online import encode_request
 
-        raw = RankRequest(
-            user_id=request.user_id,
-            time=request.time,
-            candidates=np.asarray(request.candidates, dtype=np.int64),
-            pid=request.pid,
-            events=[vars(e) for e in request.events],
-            profile=request.profile,
-        )
         try:
-            columns = encode_request(self.bundle, raw, strict=True)
+            columns = encode_request(self.bundle, request.online(), strict=True)
         except ValueError as exc:
             raise BadRequest(f"request for user {request.user_id}: {exc}") from None
-        spec = self.bundle.spec
-        names = [f.name for f in spec.fields] + ([spec.length_field] if spec.sequence else [])
-        batch = {n: torch.from_numpy(_model_dtype(columns[n], spec, n)) for n in names}
         with torch.no_grad():
-            out = self.model(batch)
+            out = self.model(self.tensors(columns))
         return {k: out[k].double().numpy() for k in ("pctr", "pcvr", "pctcvr", "expected_views")}
 
+    def tensors(self, columns: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """The model's batch from encode_request's columns."""
+        import torch
 
-def _model_dtype(values: np.ndarray, spec: Any, name: str) -> np.ndarray:
-    dense = {f.name for f in spec.fields if f.kind == "dense"}
-    return values.astype(np.float32 if name in dense else np.int64)
+        return {n: torch.from_numpy(columns[n].astype(t)) for n, t in self.dtypes.items()}

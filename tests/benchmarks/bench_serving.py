@@ -264,7 +264,7 @@ def in_process(args: BenchServingConfig, info: dict, request: dict) -> dict:
     import mlflow
     import torch
 
-    from etl.online import RankRequest, encode_request
+    from etl.online import encode_request
     from train import serving
     from train.policy import Slate
     from train.tracking.store import configure
@@ -298,28 +298,14 @@ def in_process(args: BenchServingConfig, info: dict, request: dict) -> dict:
     (req,) = serving.parse_requests(frame)
     parsed = serving.parse_params(params)
 
-    def raw() -> RankRequest:
-        return RankRequest(
-            user_id=req.user_id,
-            time=req.time,
-            candidates=np.asarray(req.candidates, dtype=np.int64),
-            pid=req.pid,
-            events=[vars(e) for e in req.events],
-            profile=req.profile,
-        )
-
     results["features"] = time_calls(
-        lambda i: encode_request(bundle, raw(), strict=True), args.requests, args.warmup
+        lambda i: encode_request(bundle, req.online(), strict=True), args.requests, args.warmup
     )
-    columns = encode_request(bundle, raw(), strict=True)
+    columns = encode_request(bundle, req.online(), strict=True)
     spec = bundle.spec
-    names = [f.name for f in spec.fields] + ([spec.length_field] if spec.sequence else [])
-
-    def tensors() -> dict:
-        return {n: torch.from_numpy(serving._model_dtype(columns[n], spec, n)) for n in names}
-
-    results["tensors"] = time_calls(lambda i: tensors(), args.requests, args.warmup)
-    batch = tensors()
+    scorer = serving.SlateScorer(net, bundle)
+    results["tensors"] = time_calls(lambda i: scorer.tensors(columns), args.requests, args.warmup)
+    batch = scorer.tensors(columns)
 
     def forward() -> dict:
         with torch.no_grad():
