@@ -541,8 +541,7 @@ def test_spark_applications_run_the_jobs_with_valid_arguments():
 
 def kustomize(directory: Path) -> list[dict]:
     kubectl = shutil.which("kubectl")
-    if not kubectl:
-        pytest.skip("kubectl is not installed (client-side `kubectl kustomize` only)")
+    assert kubectl, "kubectl is not installed (client-side `kubectl kustomize` renders infra/k8s)"
     out = subprocess.run(
         [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120
     )
@@ -903,7 +902,7 @@ def test_entrypoint_script_is_valid_bash():
 # Local scripts
 
 
-SCRIPTS = ["lib.sh", "spark.sh", "ray.sh", "mlflow.sh", "all.sh"]
+SCRIPTS = ["lib.sh", "spark.sh", "ray.sh", "mlflow.sh", "s3.sh", "all.sh"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
