@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -14,7 +15,19 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from etl.world import HEADERS, PIDS, T0, TaobaoWorld, WorldConfig, write_world
+from etl.world import (
+    HEADERS,
+    PIDS,
+    T0,
+    Decision,
+    LoggingPolicy,
+    LoopConfig,
+    SlateRequest,
+    TaobaoWorld,
+    WorldConfig,
+    write_day,
+    write_world,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 UTC8 = timezone(timedelta(hours=8))
@@ -296,3 +309,170 @@ def test_world_does_not_import_spark_or_torch() -> None:
     code = "import sys, etl.world; print('torch' in sys.modules or 'pyspark' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.stdout.strip() == "False", res.stderr
+
+
+# --- the world in the loop: slate policies, one day at a time, new ads ----------------------
+
+# sha256 of TINY's five CSVs as the generator wrote them before the policy callback existed
+# (commit 842d3ba): the built-in logging policy, now a callback, must keep writing them.
+TINY_DIGEST = "9cc15522a2482a57fa9f5f5ab0fa53a2549575ec9e4f87ed80a9d0bc9c28499e"
+LOOP = WorldConfig(users=150, seed=7, chunk_users=100, ads=300, items=900, cates=30)
+
+
+def _digest(out: Path) -> str:
+    h = hashlib.sha256()
+    for name in (*RAW_FILES[:1], "behavior_log.csv", "ad_feature.csv", "user_profile.csv"):
+        h.update((out / name).read_bytes())
+    h.update((out / "truth.csv").read_bytes())
+    return h.hexdigest()
+
+
+def _same_logs(a, b) -> None:
+    for part in ("behaviors", "impressions"):
+        x, y = getattr(a, part), getattr(b, part)
+        assert x.keys() == y.keys(), part
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=f"{part}.{key}")
+
+
+class SlotZero:
+    """Shows column 0 after building the whole slate, its propensities and truth."""
+
+    def __call__(self, request: SlateRequest) -> Decision:
+        assert request.ad_ids.shape == (request.size, request.k)
+        assert request.truth.p_click.shape == request.ad_ids.shape
+        prop = request.logging_propensity
+        np.testing.assert_allclose(prop[:, 0], request.first_propensity)
+        return Decision(np.zeros(request.size, dtype=np.int64), prop[:, 0])
+
+
+class UniformSlot:
+    def __call__(self, request: SlateRequest) -> Decision:
+        k = request.k
+        probs = np.full((request.size, k), 1.0 / k)
+        return Decision(request.rng.integers(0, k, request.size), probs[:, 0], probs)
+
+
+class BestTruth:
+    """Greedy on the world's true pCTCVR (the oracle's rule)."""
+
+    def __call__(self, request: SlateRequest) -> Decision:
+        slot = np.argmax(request.truth.p_ctcvr, axis=1)
+        return Decision(slot, np.ones(request.size))
+
+
+def test_logging_callback_writes_todays_world(tiny: Path) -> None:
+    assert _digest(tiny) == TINY_DIGEST
+    world = TaobaoWorld(TINY)
+    for chunk in range(world.n_chunks):
+        default = world.simulate_chunk(chunk)
+        _same_logs(default, world.simulate_chunk(chunk, policy=SlotZero()))
+        _same_logs(default, world.simulate_chunk(chunk, policy=LoggingPolicy()))
+
+
+def test_fixed_policy_reproducible_for_a_seed() -> None:
+    runs = []
+    for seed in (LOOP.seed, LOOP.seed, LOOP.seed + 1):
+        world = TaobaoWorld(WorldConfig(**{**LOOP.__dict__, "seed": seed}))
+        runs.append([world.simulate_day(d, UniformSlot()).logs for d in range(2)])
+    for a, b in zip(runs[0], runs[1], strict=True):
+        _same_logs(a, b)
+    assert not np.array_equal(runs[0][0].impressions["slot"], runs[2][0].impressions["slot"])
+    slots = np.concatenate([r.impressions["slot"] for r in runs[0]])
+    assert slots.min() == 0 and slots.max() == LoopConfig().slate - 1
+
+
+def test_policy_changes_what_the_world_answers() -> None:
+    """The same day under the logging policy and under the truth-greedy oracle: same session
+    plan, but the oracle's picks buy more, and their truth is the slate's best."""
+    logging = TaobaoWorld(LOOP).simulate_day(0).logs.impressions
+    world = TaobaoWorld(LOOP, LoopConfig(record_slates=True))
+    best = world.simulate_day(0, BestTruth()).logs.impressions
+    rows = np.arange(best["user"].size)
+    np.testing.assert_allclose(best["p_click"], best["slate_p_click"][rows, best["slot"]])
+    ctcvr = best["slate_p_click"] * best["slate_p_buy_given_click"]
+    np.testing.assert_allclose(best["p_click"] * best["p_buy_given_click"], ctcvr.max(axis=1))
+    assert (best["p_click"] * best["p_buy_given_click"]).mean() > 2 * (
+        logging["p_click"] * logging["p_buy_given_click"]
+    ).mean()
+    assert (best["propensity"] == 1).all() and (logging["propensity"] < 1).all()
+
+
+def test_new_ads_enter_at_the_configured_share(tmp_path: Path) -> None:
+    world = TaobaoWorld(LOOP, LoopConfig(new_ad_share=0.1, record_slates=True))
+    n_ads = [world.catalog.n_ads]
+    for day in range(4):
+        logs = world.simulate_day(day, UniformSlot())
+        n_ads.append(logs.n_ads)
+        assert logs.new_ads == (0 if day == 0 else round(0.1 * n_ads[-2]))
+    assert n_ads == [300, 300, 330, 363, 399]
+    ids = world.catalog.ad_ids
+    assert (np.diff(ids) > 0).all()  # new adgroup ids are new and keep the table sorted
+    assert (world.catalog.ad_birth_day[300:330] == 1).all()
+    new = world.catalog.new_ads(3, LoopConfig().new_ad_days)
+    assert new.size == 99  # days 1-3
+    slates = logs.logs.impressions["slate_ad"]
+    assert np.isin(slates[:, -3:], new).all()  # slate_new_share: the last 3 of 30 slots
+    assert 0.1 < np.isin(slates[:, :-3], new).mean() < 0.4  # the rest: drawn by weight
+    write_day(world, logs, tmp_path / "day3")
+    ads = _rows(tmp_path / "day3" / "ad_feature.csv")
+    assert len(ads) == 399 and {int(r[0]) for r in ads} == set(ids.tolist())
+    frozen = TaobaoWorld(LOOP, LoopConfig(new_ad_share=0.0))
+    assert frozen.simulate_day(2).n_ads == 300
+    with pytest.raises(ValueError, match="before"):
+        world.simulate_day(1)
+
+
+def test_request_behaviors_are_the_users_history_so_far() -> None:
+    seen = []
+
+    class Recorder(UniformSlot):
+        def __call__(self, request: SlateRequest) -> Decision:
+            seen.append((request.user_ids, request.time, request.behaviors()))
+            return super().__call__(request)
+
+    beh = TaobaoWorld(LOOP).simulate_day(0, Recorder()).logs.behaviors
+    assert len(seen) > 20
+    checked = 0
+    for users, times, got in seen[::5]:
+        for i in range(users.size):
+            mine = got["request"] == i
+            want = (beh["user"] == users[i]) & (beh["time_stamp"] < times[i])
+            assert (got["user"][mine] == users[i]).all()
+            np.testing.assert_array_equal(got["time_stamp"][mine], beh["time_stamp"][want])
+            np.testing.assert_array_equal(got["btag"][mine], beh["btag"][want])
+            np.testing.assert_array_equal(got["cate"][mine], beh["cate"][want])
+            checked += int(want.sum())
+    assert checked > 100
+
+
+def test_write_day_reads_as_taobao_ad(tmp_path: Path) -> None:
+    world = TaobaoWorld(LOOP, LoopConfig(record_slates=True))
+    logs = world.simulate_day(0, UniformSlot())
+    summary = write_day(world, logs, tmp_path)
+    raw, prop = _rows(tmp_path / "raw_sample.csv"), _rows(tmp_path / "propensity.csv")
+    slates = _rows(tmp_path / "slates.csv")
+    assert summary["counts"]["impressions"] == len(raw) == len(prop) > 100
+    assert [r[:4] for r in raw] == [r[:4] for r in prop]
+    assert {r[3] for r in raw} <= set(PIDS)
+    day = {datetime.fromtimestamp(int(r[1]), UTC8).date().isoformat() for r in raw}
+    assert day == {"2017-05-06"} and summary["date"] == "2017-05-06"
+    k = LoopConfig().slate
+    assert len(slates) == k * len(raw)
+    chosen = [r for r in slates if r[5] == "1"]
+    assert [(r[0], r[1], r[2], r[4]) for r in chosen] == [(r[0], r[1], r[3], r[2]) for r in raw]
+    assert all(abs(float(r[6]) - 1 / k) < 1e-9 for r in slates[:50])
+    beh_ts = _ints(_rows(tmp_path / "behavior_log.csv"), 1)
+    assert beh_ts.min() >= T0 and beh_ts.max() < T0 + 86_400
+
+
+def test_bad_decisions_fail_clearly() -> None:
+    world = TaobaoWorld(LOOP)
+
+    def out_of_range(request: SlateRequest) -> Decision:
+        return Decision(np.full(request.size, request.k), np.ones(request.size))
+
+    with pytest.raises(ValueError, match="out of range"):
+        world.simulate_day(0, out_of_range)
+    with pytest.raises(ValueError, match="slate"):
+        TaobaoWorld(LOOP, LoopConfig(slate=0))

@@ -193,12 +193,15 @@ def profile_bytes(world: TaobaoWorld) -> bytes:
     return format_rows(cols) if keep.any() else b""
 
 
-class _Counts:
+class Counts:
+    """Running totals of logged rows (world.json's and day.json's counts)."""
+
     def __init__(self) -> None:
         self.c = {"behaviors": 0, "impressions": 0, "clicks": 0, "conversions": 0, "sessions": 0}
         self.c |= {f"btag_{b}": 0 for b in BTAGS} | {f"pid_{p}": 0 for p in PIDS}
         self.c["users_with_impressions"] = 0
         self.sums = {"p_click": 0.0, "expected_further_views_clicked": 0.0}
+        self.further_views = 0
 
     def add(self, logs: ChunkLogs) -> None:
         beh, imp, c = logs.behaviors, logs.impressions, self.c
@@ -212,6 +215,7 @@ class _Counts:
             c[f"btag_{b}"] += int((beh["btag"] == i).sum())
         for i, p in enumerate(PIDS):
             c[f"pid_{p}"] += int((imp["pid"] == i).sum())
+        self.further_views += int(imp["further_views"].sum())
         self.sums["p_click"] += float(imp["p_click"].sum())
         clicked = imp["clk"] == 1
         self.sums["expected_further_views_clicked"] += float(
@@ -219,7 +223,7 @@ class _Counts:
         )
 
 
-def _summary(world: TaobaoWorld, counts: _Counts) -> dict:
+def _summary(world: TaobaoWorld, counts: Counts) -> dict:
     c, cfg = counts.c, world.config
     users = world.users
     rates = {
@@ -293,7 +297,7 @@ def write_world(
             files[n].write((HEADERS[n] + "\n").encode("ascii"))
         files["ad_feature.csv"].write(ad_bytes(world))
         files["user_profile.csv"].write(profile_bytes(world))
-        counts = _Counts()
+        counts = Counts()
         for chunk in range(world.n_chunks):
             logs = world.simulate_chunk(chunk)
             counts.add(logs)
