@@ -60,6 +60,13 @@ class EtlConfig:
         default=100_000,
         metadata={"help": "impressions pass: events + impressions per user bucket (pandas call)"},
     )
+    max_user_behaviors: int = field(
+        default=200_000,
+        metadata={
+            "help": "per-user pass: a user's most recent N behaviors at most (0: no cap; "
+            "events and sessions keep all)"
+        },
+    )
 
     @property
     def gap_seconds(self) -> int:

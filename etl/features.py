@@ -16,7 +16,9 @@ pyspark, torch or Ray import here or in what this module imports.
 - history: ``history`` (the last ``max_len`` behaviors strictly before the impression,
   chronological, right-padded with 0) and ``gap_bucket`` (2 + floor(log2(1 + minutes)), capped);
 - per impression: ``impression_features`` (hour and weekday in the lake's time zone, price_log,
-  session_events_log, session_minutes_log as float32 of numpy's log1p in float64).
+  session_events_log, session_minutes_log as float32 of numpy's log1p in float64);
+- candidate x history: ``cross_features`` (CROSS_FIELDS, computed from the encoded history and
+  the candidate's ids; the Spark side is etl/cross.py, the same rule in array functions).
 """
 
 from __future__ import annotations
@@ -66,11 +68,34 @@ EVENT_FIELDS = (
 )
 SEQUENCE_VOCABS = dict(zip(HISTORY_COLUMNS, ("item", "cate", "brand", "btag", "gap"), strict=True))
 SEQUENCE_SOURCE = {"hist_item": "item_id", "hist_cate": "cate_id", "hist_brand": "brand_id"}
+# Candidate x history cross features, per key (candidate field, history field) whose ids share a
+# vocabulary: x_<key>_count (matches in the history, bucketed), x_<key>_gap (hist_gap bucket of
+# the latest match), x_<key>_btag (deepest funnel step among the matches), x_<key>_last (does
+# the last behavior match). A candidate id below FIRST_ID (null or unknown) never matches: the
+# four features are then that id itself; PAD/UNKNOWN history entries never match either.
+CROSS_KEYS = (  # (key, candidate field, history field)
+    ("item", "ad", "hist_item"),
+    ("cate", "cate", "hist_cate"),
+    ("brand", "brand", "hist_brand"),
+)
+COUNT_THRESHOLDS = (1, 2, 4, 8, 16, 32)  # count bucket = thresholds reached: 0..6
+NO_MATCH = {"gap": GAP_VOCAB_SIZE, "btag": len(BTAGS) + FIRST_ID}  # "never in the history" ids
+CROSS_VOCAB_SIZES = {
+    "count": len(COUNT_THRESHOLDS) + 1 + FIRST_ID,
+    "gap": NO_MATCH["gap"] + 1,
+    "btag": NO_MATCH["btag"] + 1,
+    "last": FIRST_ID + 2,  # 2: the last behavior does not match, 3: it does
+}
+# (samples field, key, kind): x_cate_count, x_cate_gap, ...
+CROSS_FIELDS = tuple(
+    (f"x_{key}_{kind}", key, kind) for key, *_ in CROSS_KEYS for kind in CROSS_VOCAB_SIZES
+)
 FIXED_VOCAB_SIZES = {
     "hour": 24 + FIRST_ID,
     "weekday": 7 + FIRST_ID,
     "btag": len(BTAGS) + FIRST_ID,
     "gap": GAP_VOCAB_SIZE,
+    **{name: CROSS_VOCAB_SIZES[kind] for name, _, kind in CROSS_FIELDS},
 }
 DENSE_FIELDS = ("price_log", "session_events_log", "session_minutes_log")
 IMPRESSION_FEATURES = ("hour", "weekday", *DENSE_FIELDS)  # what impression_features returns
@@ -298,3 +323,46 @@ def history(
     gaps = gap_bucket(np.asarray(imp_ts)[:, None] - ev_ts[pos])
     out["hist_gap"] = np.where(valid, gaps, 0).astype(np.int32)
     return out, hist_len
+
+
+def cross_names(available: set[str] | frozenset[str]) -> list[str]:
+    """CROSS_FIELDS that ``available`` fields define: a key needs its candidate and history
+    fields; the ``gap`` and ``btag`` kinds also need hist_gap and hist_btag."""
+    keys = {key for key, cand, hist in CROSS_KEYS if {cand, hist} <= available}
+    needs = {"count": set(), "last": set(), "gap": {"hist_gap"}, "btag": {"hist_btag"}}
+    return [n for n, key, kind in CROSS_FIELDS if key in keys and needs[kind] <= available]
+
+
+def cross_features(
+    candidates: dict[str, np.ndarray],
+    hist: dict[str, np.ndarray],
+    hist_len: np.ndarray,
+    names: list[str],
+) -> dict[str, np.ndarray]:
+    """The cross features ``names`` (of ``cross_names``), int32 (n,) each. ``candidates``:
+    candidate field -> (n,) ids; ``hist``: history field -> (n, L) or (1, L) ids, right-padded
+    with PAD_ID; ``hist_len``: (n,) or (1,)."""
+    spec = {name: (key, kind) for name, key, kind in CROSS_FIELDS}
+    fields = {key: (cand, h) for key, cand, h in CROSS_KEYS}
+    out = {}
+    for name in names:
+        key, kind = spec[name]
+        cand = np.asarray(candidates[fields[key][0]], np.int64)
+        seq = np.broadcast_to(hist[fields[key][1]], (len(cand), hist[fields[key][1]].shape[1]))
+        match = (seq == cand[:, None]) & (cand[:, None] >= FIRST_ID)
+        if kind == "count":
+            count = match.sum(axis=1)
+            value = FIRST_ID + sum((count >= t).astype(np.int64) for t in COUNT_THRESHOLDS)
+        elif kind == "gap":
+            last = seq.shape[1] - 1 - np.argmax(match[:, ::-1], axis=1)
+            gaps = np.broadcast_to(hist["hist_gap"], seq.shape)
+            value = np.where(match.any(axis=1), gaps[np.arange(len(cand)), last], NO_MATCH[kind])
+        elif kind == "btag":
+            deepest = np.where(match, np.broadcast_to(hist["hist_btag"], seq.shape), 0).max(axis=1)
+            value = np.where(deepest > 0, deepest, NO_MATCH[kind])
+        else:  # last: the last behavior (hist_len - 1) matches
+            lengths = np.broadcast_to(np.asarray(hist_len, np.int64), cand.shape)
+            at = match[np.arange(len(cand)), np.maximum(lengths - 1, 0)] & (lengths > 0)
+            value = FIRST_ID + at.astype(np.int64)
+        out[name] = np.where(cand < FIRST_ID, cand, value).astype(np.int32)
+    return out

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pyspark import Broadcast
 from pyspark.sql import Column, DataFrame, GroupedData
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -110,17 +111,67 @@ class PassConfig:
     tz_offset_hours: int = 8  # hour and weekday in UTC+offset
 
 
+@dataclass(frozen=True)
+class Encoding:
+    """Vocabulary ids computed inside the pass with etl.features.Vocabulary (what serving
+    applies), instead of one Spark join per field: the events' codes (``events``: column,
+    EVENT_CODE_COLUMNS name, vocabulary) and the impressions' sparse fields (``fields``: output,
+    column, vocabulary; written as ENCODED_PREFIX + output). ``carry``: impression columns
+    passed through unchanged, so that the pass's output needs no join back."""
+
+    vocabularies: Broadcast  # of {vocabulary name: features.Vocabulary}
+    events: tuple[tuple[str, str, str], ...]
+    fields: tuple[tuple[str, str, str], ...]
+    carry: tuple[T.StructField, ...]
+
+    def impression_columns(self) -> tuple[str, ...]:
+        wanted = [*IMPRESSION_INPUT_COLUMNS, *(c for _, c, _ in self.fields)]
+        return tuple(dict.fromkeys(wanted + [f.name for f in self.carry]))
+
+    def extra_fields(self) -> list[T.StructField]:
+        codes = [T.StructField(ENCODED_PREFIX + f, T.IntegerType(), False) for f, *_ in self.fields]
+        return codes + list(self.carry)
+
+    def encode_events(self, ev: pd.DataFrame) -> pd.DataFrame:
+        vocab = self.vocabularies.value
+        return ev.assign(**{out: _encode(vocab[name], ev[col]) for col, out, name in self.events})
+
+    def add_columns(self, out: pd.DataFrame, imp: pd.DataFrame) -> pd.DataFrame:
+        """The pass's rows (in ``imp`` order) with the encoded fields and carried columns."""
+        vocab = self.vocabularies.value
+        extra = {ENCODED_PREFIX + f: _encode(vocab[name], imp[c]) for f, c, name in self.fields}
+        extra |= {f.name: imp[f.name].to_numpy() for f in self.carry}
+        return out.reset_index(drop=True).assign(**extra)
+
+
+ENCODED_PREFIX = "enc_"
+
+
+def _encode(vocab, values: pd.Series) -> np.ndarray:
+    if vocab.strings or pd.api.types.is_integer_dtype(values.dtype):
+        return vocab.encode(values)
+    # Arrow hands nullable longs over as float64 with NaN: encode's vectorized float path.
+    return vocab.encode(values.to_numpy(dtype="float64", na_value=np.nan))
+
+
 def bucket_count(n_rows: int, rows_per_bucket: int, shuffle_partitions: int) -> int:
     """Buckets of at most ``rows_per_bucket`` rows on average (memory of one pandas call), and
     at least a few per shuffle partition (parallelism)."""
     return max(BUCKETS_PER_PARTITION * shuffle_partitions, math.ceil(n_rows / rows_per_bucket))
 
 
-def label_and_history(events: DataFrame, impressions: DataFrame, cfg: PassConfig) -> DataFrame:
-    """Run the pass per user bucket; returns one PASS_OUTPUT row per impression."""
+def label_and_history(
+    events: DataFrame, impressions: DataFrame, cfg: PassConfig, encoding: Encoding | None = None
+) -> DataFrame:
+    """Run the pass per user bucket; returns one PASS_OUTPUT row per impression (plus
+    ``encoding``'s columns when given; the events then need no EVENT_CODE_COLUMNS)."""
     n_buckets = cfg.n_buckets or BUCKETS_PER_PARTITION * int(
         events.sparkSession.conf.get("spark.sql.shuffle.partitions")
     )
+    ev_columns, imp_columns, extra = EVENT_INPUT_COLUMNS, IMPRESSION_INPUT_COLUMNS, []
+    if encoding is not None:
+        ev_columns = tuple(c for c in EVENT_INPUT_COLUMNS if c not in EVENT_CODE_COLUMNS)
+        imp_columns, extra = encoding.impression_columns(), encoding.extra_fields()
 
     def bucketed(df: DataFrame, columns: tuple[str, ...]) -> GroupedData:
         # The cast: both sides must hash the same value type to meet in one bucket.
@@ -128,14 +179,19 @@ def label_and_history(events: DataFrame, impressions: DataFrame, cfg: PassConfig
         return df.select(*columns).withColumn("_bucket", bucket).groupBy("_bucket")
 
     def per_bucket(ev: pd.DataFrame, imp: pd.DataFrame) -> pd.DataFrame:
-        return bucket_pass(ev, imp, cfg)
+        if encoding is None:
+            return bucket_pass(ev, imp, cfg)
+        out = bucket_pass(encoding.encode_events(ev), imp, cfg)
+        return encoding.add_columns(out, imp.reset_index(drop=True))
 
+    schema = T.StructType(flat_schema(cfg.max_len).fields + extra)
     flat = (
-        bucketed(events, EVENT_INPUT_COLUMNS)
-        .cogroup(bucketed(impressions, IMPRESSION_INPUT_COLUMNS))
-        .applyInPandas(per_bucket, schema=flat_schema(cfg.max_len))
+        bucketed(events, ev_columns)
+        .cogroup(bucketed(impressions, imp_columns))
+        .applyInPandas(per_bucket, schema=schema)
     )
-    return flat.select(*[f.name for f in SCALAR_OUTPUT], *_history_arrays(cfg.max_len))
+    scalars = [f.name for f in SCALAR_OUTPUT]
+    return flat.select(*scalars, *_history_arrays(cfg.max_len), *[f.name for f in extra])
 
 
 def flat_schema(max_len: int) -> T.StructType:

@@ -7,6 +7,7 @@ commit leaves the previous version readable.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from etl import storage
 from etl.config import EtlConfig
+from etl.delta_log import latest_version
 from etl.tables import SAMPLES
 
 
@@ -43,14 +45,41 @@ def write_table(
 
 
 def last_commit(spark: SparkSession, path: str) -> tuple[int, int]:
-    """(version, rows written) of the table's latest commit, from the Delta log (no scan)."""
-    row = DeltaTable.forPath(spark, path).history(1).collect()[0]
-    metrics = row["operationMetrics"] or {}
-    return int(row["version"]), int(metrics.get("numOutputRows", 0))
+    """(version, rows written) of the table's latest commit, read from its Delta log file in
+    Python: no Spark job (``DeltaTable.history`` runs one per call)."""
+    version, info = _commit_info(path)
+    return version, int((info.get("operationMetrics") or {}).get("numOutputRows", 0))
+
+
+def non_null_counts(path: str, columns: list[str]) -> dict[str, int] | None:
+    """Non-null values per column in the files the latest commit added (its ``add`` stats;
+    Delta collects them for the first 32 columns), without a Spark job; None when a file
+    has no such stats (stats collection off)."""
+    _, commit = latest_version(path)
+    out = dict.fromkeys(columns, 0)
+    for line in storage.read_text(commit).splitlines():
+        add = json.loads(line).get("add") if line.strip() else None
+        if not add:
+            continue
+        stats = json.loads(add.get("stats") or "{}")
+        nulls = stats.get("nullCount", {})
+        if "numRecords" not in stats or any(c not in nulls for c in columns):
+            return None
+        for c in columns:
+            out[c] += int(stats["numRecords"]) - int(nulls[c])
+    return out
+
+
+def _commit_info(path: str) -> tuple[int, dict]:
+    version, commit = latest_version(path)
+    for line in storage.read_text(commit).splitlines():
+        if line.strip() and "commitInfo" in (action := json.loads(line)):
+            return version, action["commitInfo"]
+    return version, {}
 
 
 def table_version(spark: SparkSession, path: str) -> int:
-    return last_commit(spark, path)[0]
+    return latest_version(path)[0]
 
 
 def read_table(spark: SparkSession, lake: str | Path, name: str, version: int | None = None):
@@ -64,13 +93,20 @@ def is_table(spark: SparkSession, lake: str | Path, name: str) -> bool:
     return DeltaTable.isDeltaTable(spark, table_path(lake, name))
 
 
-def write_samples(spark: SparkSession, samples: DataFrame, cfg: EtlConfig, write) -> DataFrame:
+def write_samples(
+    spark: SparkSession, samples: DataFrame, cfg: EtlConfig, write, n_rows: int | None = None
+) -> DataFrame:
     """Write samples partitioned by split/day in enough files for one shard per worker, then
-    the symlink manifest that training reads instead of scanning the table folder."""
-    samples = samples.persist(StorageLevel.MEMORY_AND_DISK)
-    n_files = max(cfg.min_files_per_split, math.ceil(samples.count() / cfg.rows_per_file))
+    the symlink manifest that training reads instead of scanning the table folder.
+    ``n_rows``: the row count when the caller knows it (else one count of a cached copy)."""
+    cached = None
+    if n_rows is None:
+        cached = samples = samples.persist(StorageLevel.MEMORY_AND_DISK)
+        n_rows = samples.count()
+    n_files = max(cfg.min_files_per_split, math.ceil(n_rows / cfg.rows_per_file))
     spark.conf.set("spark.sql.files.maxRecordsPerFile", str(cfg.rows_per_file))
     written = write(samples.repartition(n_files, "impression_id"), SAMPLES, ["split", "day"])
-    samples.unpersist()
+    if cached is not None:
+        cached.unpersist()
     DeltaTable.forPath(spark, table_path(cfg.output, SAMPLES)).generate("symlink_format_manifest")
     return written

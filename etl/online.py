@@ -14,6 +14,10 @@ process loads it cheaply.
 - :func:`encode_request` returns the encoded columns of one row per candidate (sequences as
   ``(n, max_len)`` matrices); :func:`request_rows` the same as a ``samples``-like DataFrame.
 
+The candidate x history cross features (``x_cate_count``, ...) come from
+``features.cross_features`` on the request's history matrices, the numpy rule that etl/cross.py
+writes in Spark array functions.
+
 Every feature comes from the functions of etl/features.py that the ETL's per-user pass calls,
 so the rows are those of ``samples`` field by field (tests/test_online_features.py rebuilds
 every test impression of a generated lake and of the real UserBehavior slice).
@@ -49,6 +53,8 @@ from etl.features import (
     attach_session,
     btag_code,
     btag_rank,
+    cross_features,
+    cross_names,
     history,
     impression_features,
     int_ids,
@@ -226,7 +232,10 @@ def encode_request(
         "user_key": np.full(n, user, np.int64),
         "ts": np.full(n, ts, np.int64),
     }
+    crosses = cross_names(set(bundle.fields))
     for f in spec.fields:
+        if f.name in crosses:
+            continue  # from the candidate's other fields, below
         if f.name in IMPRESSION_FEATURES:
             out[f.name] = per_row[f.name]
         elif f.kind == "sequence":
@@ -240,6 +249,9 @@ def encode_request(
         else:
             raise ValueError(f"field {f.name!r} of the spec has no online definition")
         out[f.name] = out[f.name].astype(np.float32 if f.kind == "dense" else np.int32)
+    names = [f.name for f in spec.fields if f.name in crosses]
+    out.update(cross_features(out, matrices, hist_len, names))
+    out = {k: out[k] for k in ("impression_id", "user_key", "ts", *bundle.fields)}
     out[spec.length_field] = np.repeat(hist_len, n).astype(np.int32)
     return out
 

@@ -18,28 +18,37 @@ from pyspark.sql import functions as F
 
 from etl import storage
 from etl.config import EtlConfig
-from etl.features import SEQUENCE_SOURCE
-from etl.impressions import PassConfig, bucket_count, label_and_history
-from etl.lake import last_commit, read_table, table_path, write_samples, write_table
-from etl.samples import (
-    Splits,
-    assign_splits,
-    build_vocabularies,
-    encode_events,
-    encode_impression_features,
-    feature_fields,
-    sample_columns,
+from etl.cross import cross_fields, with_cross_features
+from etl.features import EVENT_FIELDS, SEQUENCE_SOURCE, SPARSE_FIELDS
+from etl.heavy_users import cap_user_events, heavy_users
+from etl.impressions import (
+    ENCODED_PREFIX,
+    Encoding,
+    PassConfig,
+    bucket_count,
+    label_and_history,
 )
+from etl.lake import (
+    last_commit,
+    non_null_counts,
+    read_table,
+    table_path,
+    write_samples,
+    write_table,
+)
+from etl.samples import Splits, assign_splits, build_vocabularies, feature_fields, sample_columns
 from etl.schemas import ADS, BEHAVIORS, IMPRESSIONS, USERS
 from etl.sessionize import local_day, sessionize, summarize_sessions
 from etl.sources import check_reconciliation, load_source
 from etl.sources.base import FileReport, InputError, SourceConfig, SourceData
 from etl.spec import FeatureSpec
 from etl.tables import AD_TABLE
-from etl.vocab import vocab_sizes
+from etl.vocab import vocab_sizes, vocabularies
 from etl.wide import build_wide_samples
 
 log = logging.getLogger(__name__)
+# Impression columns the per-user pass carries through for the impressions and samples tables.
+PASS_CARRY = ("user_id", "ts", "ad_id", "slot", "click", "day", "split")
 
 
 @dataclass
@@ -93,7 +102,8 @@ def run_etl(spark: SparkSession, cfg: EtlConfig) -> EtlSummary:
     data.unpersist()
     spec.tables = dict(summary.versions)
     spec.save(cfg.output)
-    summary.stats.update(_label_stats(read_table(spark, cfg.output, "samples")))
+    if "impressions" not in summary.stats:  # wide sources: no pass whose output gives them
+        summary.stats.update(_label_stats(read_table(spark, cfg.output, "samples")))
     summary.stats["quarantined_rows"] = float(sum(r.quarantined for r in data.reports))
     summary.splits = spec.splits
     summary.seconds = time.time() - started
@@ -129,8 +139,10 @@ def _build_session_tables(
     if behaviors is None:  # e.g. the joined FuxiCTR slice: impressions without a behavior log
         behaviors = spark.createDataFrame([], BEHAVIORS)
     events = write(sessionize(behaviors, cfg.gap_seconds, tz), "events", ["day"])
-    write(summarize_sessions(events, tz), "sessions", ["day"])
+    sessions = write(summarize_sessions(events, tz), "sessions", ["day"])
     summary.stats["sessions"] = float(summary.rows["sessions"])
+    heavy = heavy_users(sessions, cfg.max_user_behaviors)
+    summary.stats["capped_users"] = float(len(heavy))
     impressions = _keyed_impressions(data.impressions, tz)
     splits = _splits(impressions, cfg)
     # The ads exactly as joined: the ad table a model ships for online features (etl/online.py).
@@ -146,33 +158,40 @@ def _build_session_tables(
         build_vocabularies(enriched.where(F.col("split") == "train"), train_events, cfg.min_count),
         "vocab",
         None,
-    )
+    ).toPandas()  # one collect: the pass encodes with it (no Spark join per field)
     n_buckets = bucket_count(
         summary.rows["events"] + enriched.count(),
         cfg.pass_rows_per_bucket,
         int(spark.conf.get("spark.sql.shuffle.partitions")),
     )
-    passed = label_and_history(
-        encode_events(events, vocab),
-        enriched,
-        PassConfig(
-            cfg.gap_seconds,
-            cfg.attribution_seconds,
-            cfg.max_len,
-            data.conversion_match,
-            n_buckets,
-            tz,
-        ),
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    labeled = enriched.join(passed, "impression_id")
-    write(labeled.select(*[f.name for f in IMPRESSIONS.fields]), "impressions", ["day"])
-    known = events.agg(*[F.count(c).alias(c) for c in SEQUENCE_SOURCE.values()]).collect()[0]
-    events_have = {c: known[c] > 0 for c in SEQUENCE_SOURCE.values()}
+    encoding = Encoding(
+        spark.sparkContext.broadcast(vocabularies(vocab)),
+        EVENT_FIELDS,
+        SPARSE_FIELDS,
+        tuple(enriched.schema[c] for c in PASS_CARRY),
+    )
+    config = PassConfig(
+        cfg.gap_seconds,
+        cfg.attribution_seconds,
+        cfg.max_len,
+        data.conversion_match,
+        n_buckets,
+        tz,
+    )
+    pass_events = cap_user_events(events, heavy, cfg.max_user_behaviors)
+    passed = label_and_history(pass_events, enriched, config, encoding).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    summary.stats.update(_label_stats(passed))  # materializes the cache both writes read
+    write(passed.select(*[f.name for f in IMPRESSIONS.fields]), "impressions", ["day"])
+    events_have = _events_have(events, table_path(cfg.output, "events"))
     fields = feature_fields(vocab_sizes(vocab), events_have)
-    samples = encode_impression_features(labeled, vocab).select(*sample_columns(fields))
-    write_samples(spark, samples, cfg, write)
+    fields += cross_fields(fields)
+    samples = with_cross_features(_decoded_names(passed)).select(*sample_columns(fields))
+    write_samples(spark, samples, cfg, write, int(summary.stats["impressions"]))
     enriched.unpersist()
     passed.unpersist()
+    encoding.vocabularies.unpersist()
     return FeatureSpec(
         source=cfg.source,
         max_len=cfg.max_len,
@@ -181,6 +200,23 @@ def _build_session_tables(
         gap_seconds=cfg.gap_seconds,
         tz_offset_hours=tz,
     )
+
+
+def _events_have(events: DataFrame, path: str) -> dict[str, bool]:
+    """Whether the events hold any value of each SEQUENCE_SOURCE column: from the write's
+    Delta file stats, or one aggregation when they have none."""
+    columns = list(SEQUENCE_SOURCE.values())
+    known = non_null_counts(path, columns)
+    if known is None:
+        known = events.agg(*[F.count(c).alias(c) for c in columns]).collect()[0].asDict()
+    return {c: known[c] > 0 for c in columns}
+
+
+def _decoded_names(passed: DataFrame) -> DataFrame:
+    """The pass's encoded fields under their samples names (replacing raw namesakes: slot)."""
+    encoded = {c: c[len(ENCODED_PREFIX) :] for c in passed.columns if c.startswith(ENCODED_PREFIX)}
+    kept = [c for c in passed.columns if c not in encoded and c not in encoded.values()]
+    return passed.select(*kept, *[F.col(c).alias(name) for c, name in encoded.items()])
 
 
 def _keyed_impressions(raw: DataFrame, tz: int) -> DataFrame:

@@ -24,7 +24,7 @@ from etl.features import (
     SPARSE_FIELDS,
 )
 from etl.spec import FieldSpec
-from etl.vocab import build_vocab, encode_column
+from etl.vocab import build_vocab, long_values
 
 
 @dataclass(frozen=True)
@@ -77,31 +77,11 @@ def assign_splits(
 def build_vocabularies(
     train_impressions: DataFrame, train_events: DataFrame, min_count: int
 ) -> DataFrame:
-    values: dict[str, DataFrame] = {}
-    for _, column, vocab in SPARSE_FIELDS:
-        part = train_impressions.select(F.col(column).cast("string").alias("raw"))
-        values[vocab] = values[vocab].unionByName(part) if vocab in values else part
-    for column, _, vocab in EVENT_FIELDS:
-        values[vocab] = values[vocab].unionByName(
-            train_events.select(F.col(column).cast("string").alias("raw"))
-        )
+    """Every learned vocabulary in one aggregation over both inputs (one scan of each)."""
+    values = long_values(
+        train_impressions, [(vocab, column) for _, column, vocab in SPARSE_FIELDS]
+    ).unionByName(long_values(train_events, [(vocab, column) for column, _, vocab in EVENT_FIELDS]))
     return build_vocab(values, min_count)
-
-
-def encode_events(events: DataFrame, vocab: DataFrame) -> DataFrame:
-    """Vocabulary ids of the behaviors' item, cate and brand (EVENT_FIELDS)."""
-    encoded = events
-    for column, out, name in EVENT_FIELDS:
-        encoded = encode_column(encoded, column, vocab, name, out)
-    return encoded
-
-
-def encode_impression_features(enriched: DataFrame, vocab: DataFrame) -> DataFrame:
-    """Sparse ids of the impressions (SPARSE_FIELDS), beside the pass's features."""
-    out = enriched
-    for field, column, name in SPARSE_FIELDS:
-        out = encode_column(out, column, vocab, name, field)
-    return out
 
 
 def feature_fields(vocab_sizes: dict[str, int], events_have: dict[str, bool]) -> list[FieldSpec]:

@@ -8,41 +8,53 @@ same input gives the same ids. The ids and the encoding rule are defined in etl/
 
 from __future__ import annotations
 
+import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from etl.features import FIRST_ID, PAD_ID, UNKNOWN_ID
+from etl.features import FIRST_ID, PAD_ID, UNKNOWN_ID, Vocabulary
 from etl.schemas import VOCAB
 
 
-def build_vocab(values: dict[str, DataFrame], min_count: int = 1) -> DataFrame:
-    """``values`` maps a vocabulary name to a one-column DataFrame of raw occurrences.
+def long_values(df: DataFrame, columns: list[tuple[str, str]]) -> DataFrame:
+    """One DataFrame's values as (vocab, raw) rows: ``columns`` holds (vocabulary name, column
+    whose values it counts) pairs; one scan for all of them, not one per vocabulary."""
+    pairs = [
+        F.struct(F.lit(name).alias("vocab"), F.col(column).cast("string").alias("raw"))
+        for name, column in columns
+    ]
+    return df.select(F.explode(F.array(*pairs)).alias("_v")).select("_v.vocab", "_v.raw")
 
-    Nulls are ignored (they encode to PAD_ID). Returns a DataFrame with the VOCAB schema.
-    """
-    parts = []
-    for name, df in values.items():
-        col = df.columns[0]
-        counted = (
-            df.where(F.col(col).isNotNull())
-            .groupBy(F.col(col).cast("string").alias("raw"))
-            .agg(F.count(F.lit(1)).alias("count"))
-            .where(F.col("count") >= max(min_count, 1))
-            .withColumn("vocab", F.lit(name))
-        )
-        parts.append(counted)
-    union = parts[0]
-    for part in parts[1:]:
-        union = union.unionByName(part)
+
+def build_vocab(values: DataFrame, min_count: int = 1) -> DataFrame:
+    """``values``: (vocab, raw) rows, one per occurrence (see ``long_values``); every
+    vocabulary is counted in one aggregation. Nulls are ignored (they encode to PAD_ID).
+    Returns a DataFrame with the VOCAB schema."""
+    counted = (
+        values.where(F.col("raw").isNotNull())
+        .groupBy("vocab", "raw")
+        .agg(F.count(F.lit(1)).alias("count"))
+        .where(F.col("count") >= max(min_count, 1))
+    )
     order = Window.partitionBy("vocab").orderBy(F.col("count").desc(), F.col("raw"))
-    ranked = union.withColumn("id", (F.row_number().over(order) + FIRST_ID - 1).cast("int"))
+    ranked = counted.withColumn("id", (F.row_number().over(order) + FIRST_ID - 1).cast("int"))
     return ranked.select(*[f.name for f in VOCAB.fields])
 
 
-def vocab_sizes(vocab: DataFrame) -> dict[str, int]:
+def vocab_sizes(vocab: DataFrame | pd.DataFrame) -> dict[str, int]:
     """Embedding table size per vocabulary: max id + 1 (at least 2 for pad and unknown)."""
+    if isinstance(vocab, pd.DataFrame):
+        return {str(k): int(v) + 1 for k, v in vocab.groupby("vocab")["id"].max().items()}
     rows = vocab.groupBy("vocab").agg(F.max("id").alias("max_id")).collect()
     return {r["vocab"]: int(r["max_id"]) + 1 for r in rows}
+
+
+def vocabularies(vocab: pd.DataFrame) -> dict[str, Vocabulary]:
+    """The collected vocab table as etl.features.Vocabulary lookups (what serving applies)."""
+    return {
+        str(name): Vocabulary(str(name), part["raw"].to_numpy(object), part["id"].to_numpy())
+        for name, part in vocab.groupby("vocab")
+    }
 
 
 def encode_column(df: DataFrame, column: str, vocab: DataFrame, name: str, out: str) -> DataFrame:

@@ -17,7 +17,13 @@ from pyspark.sql import types as T
 from etl.config import EtlConfig
 from etl.lake import write_samples
 from etl.spec import FeatureSpec, FieldSpec
-from etl.vocab import FIRST_ID, build_vocab, encode_column, vocab_sizes
+from etl.vocab import FIRST_ID, build_vocab, encode_column, long_values, vocab_sizes
+from etl.wide_sequences import (
+    encode_sequences,
+    sequence_columns,
+    sequence_fields,
+    sequence_vocab_values,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +36,11 @@ def build_wide_samples(spark: SparkSession, wide: DataFrame, cfg: EtlConfig, wri
     if skipped:
         log.warning("multi-valued fields left out of samples: %s", ", ".join(skipped))
     train = wide.where(F.col("split") == "train")
-    vocab = write(build_vocab({c: train.select(c) for c in scalar}, cfg.min_count), "vocab", None)
+    values = long_values(train, [(c, c) for c in scalar])
+    histories = sequence_columns(wide)
+    if histories:
+        values = values.unionByName(sequence_vocab_values(train, histories, cfg.max_len))
+    vocab = write(build_vocab(values, cfg.min_count), "vocab", None)
     sizes = vocab_sizes(vocab)
     encoded = wide
     for c in scalar:
@@ -39,14 +49,18 @@ def build_wide_samples(spark: SparkSession, wide: DataFrame, cfg: EtlConfig, wri
         )
     fields = [FieldSpec(c, "sparse", c, sizes[c]) for c in scalar if sizes.get(c, 0) > FIRST_ID]
     fields += [FieldSpec(c, "dense") for c in dense]
+    if histories:
+        encoded = encode_sequences(encoded, vocab, histories, cfg.max_len)
+        fields += sequence_fields(histories, sizes)
+    kinds = {"sparse": "int", "dense": "float", "sequence": "array<int>"}
     samples = encoded.select(
         F.col("impression_id").cast("long"),
         F.col("user_key").cast("long"),
         F.lit(None).cast(T.LongType()).alias("ts"),
         F.lit(None).cast(T.DateType()).alias("day"),
         F.col("split"),
-        *[F.col(f.name).cast("int" if f.kind == "sparse" else "float") for f in fields],
-        F.lit(0).cast("int").alias("hist_len"),
+        *[F.col(f.name).cast(kinds[f.kind]) for f in fields],
+        (F.col("hist_len") if histories else F.lit(0)).cast("int").alias("hist_len"),
         F.col("click").cast("float"),
         F.col("conversion").cast("float"),
         F.lit(0.0).cast("float").alias("n_future_views"),

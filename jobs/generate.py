@@ -1,10 +1,13 @@
-"""Generate a synthetic Taobao world in the raw formats of Tianchi dataset 56.
+"""Generate a synthetic Taobao world in the raw formats of Tianchi dataset 56 (or Ali-CCP).
 
     python jobs/generate.py --out data/raw/taobao_ad --users 5000 --days 8 --seed 0
+    python jobs/generate.py --out data/raw/ali_ccp_world --format ali_ccp --users 5000
 
 Writes raw_sample.csv, behavior_log.csv, ad_feature.csv, user_profile.csv, truth.csv and
-world.json to --out. Options: etl/world/generate_config.py (``--help``). Invalid arguments give
-a one-line error and exit code 2.
+world.json to --out; with ``--format ali_ccp`` sample_skeleton_{train,val,test}.csv,
+common_features_{train,val,test}.csv, truth_ali_ccp.csv and world.json instead
+(etl/world/ali_ccp_writer.py). Options: etl/world/generate_config.py (``--help``). Invalid
+arguments give a one-line error and exit code 2.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from etl import cli  # noqa: E402
 from etl.world import write_world  # noqa: E402
+from etl.world.ali_ccp_writer import write_ali_ccp_world  # noqa: E402
 from etl.world.generate_config import GenerateConfig  # noqa: E402
 
 PROG = "generate"
@@ -39,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    write_world(cfg.world(), cfg.out)
+    if cfg.format == "ali_ccp":
+        write_ali_ccp_world(cfg.world(), cfg.out)
+    else:
+        write_world(cfg.world(), cfg.out)
     return 0
 
 

@@ -336,8 +336,10 @@ def fake_version(
     metrics: dict[str, float],
     samples_version: int = 0,
     samples_path: str = "/lake/samples",
+    run_tags: dict[str, str] | None = None,
 ) -> str:
-    """A run with test metrics and samples lineage tags, its model registered as challenger."""
+    """A run with test metrics, samples lineage tags (and ``run_tags``), its model registered
+    as challenger."""
     from train.registry import register_version
     from train.tracking.store import configure, ensure_experiment
 
@@ -345,6 +347,7 @@ def fake_version(
     tags = {
         "isrec.data.samples.path": samples_path,
         "isrec.data.samples.version": str(samples_version),
+        **(run_tags or {}),
     }
     with mlflow.start_run(experiment_id=ensure_experiment("registry-tests", uri), tags=tags) as run:
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})

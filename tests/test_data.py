@@ -188,3 +188,21 @@ def _spec() -> FeatureSpec:
     from tests.helpers_samples import make_spec
 
     return make_spec(0)
+
+
+def test_label_priors_are_the_base_rates(tmp_path):
+    """ctr over rows, cvr per click, mean views, summed over every file (train.data)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from train.data import label_priors
+
+    files = []
+    for i, (click, conv, views) in enumerate(
+        [([1, 0, 0, 0], [1, 0, 0, 0], [3, 0, 1, 0]), ([1, 1, 0, 0], [0, 0, 0, 0], [0, 4, 0, 0])]
+    ):
+        table = pa.table({"click": click, "conversion": conv, "n_future_views": views})
+        pq.write_table(table, tmp_path / f"part-{i}.parquet")
+        files.append(str(tmp_path / f"part-{i}.parquet"))
+    priors = label_priors(files)
+    assert priors == {"ctr": 3 / 8, "cvr": 1 / 3, "views": 1.0}

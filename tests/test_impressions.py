@@ -8,6 +8,8 @@ import pytest
 from helpers_impressions import ORACLE_COLUMNS, ORACLE_EVENT_COLUMNS, reference_user_pass
 
 import etl.impressions as pass_module
+from etl.cross import with_cross_features
+from etl.features import cross_features, cross_names
 from etl.impressions import (
     EVENT_INPUT_COLUMNS,
     IMPRESSION_INPUT_COLUMNS,
@@ -91,6 +93,54 @@ def test_no_feature_uses_anything_at_or_after_the_impression_time():
         after["n_future_views"].iloc[0],
         after["conversion"].iloc[0],
     )
+
+
+def candidate_codes(imp: pd.DataFrame) -> pd.DataFrame:
+    """The impressions' cate and brand as the stand-in codes of ``events``."""
+    return pd.DataFrame(
+        {
+            "impression_id": imp["impression_id"],
+            "cate": imp["cate_id"] + 100,
+            "brand": imp["brand_id"].fillna(0).astype(int) + 200,
+        }
+    )
+
+
+CROSS = cross_names({"cate", "brand", "hist_cate", "hist_brand", "hist_btag", "hist_gap"})
+
+
+def cross_of(out: pd.DataFrame, imp: pd.DataFrame) -> dict[str, list[int]]:
+    """The cross features (etl/features.py) of pass rows, by impression order of ``imp``."""
+    out = out.set_index("impression_id").loc[imp["impression_id"]]
+    hist = {c: np.stack(out[c]) for c in ("hist_cate", "hist_brand", "hist_btag", "hist_gap")}
+    cands = candidate_codes(imp)
+    got = cross_features(cands, hist, out["hist_len"].to_numpy(), CROSS)
+    return {name: got[name].tolist() for name in CROSS}
+
+
+def spark_cross_of(spark, evs: pd.DataFrame, imp: pd.DataFrame) -> dict[str, list[int]]:
+    """The same through the Spark pass and etl/cross.py."""
+    passed = label_and_history(spark.createDataFrame(evs), spark.createDataFrame(imp), CFG)
+    joined = passed.join(spark.createDataFrame(candidate_codes(imp)), "impression_id")
+    got = with_cross_features(joined).toPandas().set_index("impression_id")
+    got = got.loc[imp["impression_id"]]
+    return {name: got[name].astype(int).tolist() for name in CROSS}
+
+
+def test_cross_features_use_nothing_at_or_after_the_impression_time(spark):
+    imp = impressions([(7, 2000, 10, 5, 1), (8, 1700, 10, 5, 0)])
+    past = [row for row in BASE_EVENTS if row[0] < 1600] + [(1550, "pv", 30, 6, 1)]
+    # behaviors matching the candidates exactly (deepest step buy) at or after both impressions
+    matching = [(t, b, 10, 5, 1) for t in (2000, 2600) for b in ("pv", "buy")]
+    base = cross_of(user_pass(events(past), imp, CFG), imp)
+    leaky = cross_of(user_pass(events(past + matching), imp, CFG), imp)
+    assert leaky == base
+    assert spark_cross_of(spark, events(past + matching), imp) == base
+    # one second before the impressions the same behaviors are history: the features change
+    earlier = [(1599, *row[1:]) for row in matching]
+    seen = cross_of(user_pass(events(past + earlier), imp, CFG), imp)
+    assert all(seen[name] != base[name] for name in CROSS), (seen, base)
+    assert spark_cross_of(spark, events(past + earlier), imp) == seen
 
 
 def test_history_keeps_last_max_len_behaviors_and_gap_buckets():

@@ -209,6 +209,8 @@ def test_seeds_json_line_has_mean_and_std(tmp_path):
     assert line["metrics"]["ctr_auc"] == {
         "mean": pytest.approx(0.65),
         "std": pytest.approx(0.0707, 1e-3),
+        "ci95": pytest.approx(12.706205 * 0.0707107 / 2**0.5, 1e-4),  # Student t, 1 df
     }
-    assert line["metrics"]["cvr_auc"] == {"mean": None, "std": None}  # nan -> null, valid JSON
+    nan = {"mean": None, "std": None, "ci95": None}
+    assert line["metrics"]["cvr_auc"] == nan  # nan -> null, valid JSON
     json.loads(json.dumps(line, allow_nan=False))

@@ -10,6 +10,7 @@ import pytest
 
 from train.metrics import (
     DEFAULT_METRIC,
+    EARLY_STOP_METRIC,
     METRICS,
     auc,
     evaluate,
@@ -18,8 +19,10 @@ from train.metrics import (
     is_quality,
     logloss,
     metric,
+    seed_intervals,
     sign,
     summarize_seeds,
+    t_interval,
 )
 
 
@@ -84,6 +87,36 @@ def test_summarize_seeds() -> None:
     assert s["auc"][0] == pytest.approx(0.8) and s["auc"][1] == pytest.approx(0.1)
     assert all(math.isnan(v) for v in s["gauc"])
     assert summarize_seeds([{"auc": 0.5}]) == {"auc": (0.5, 0.0)}
+
+
+def test_t_interval_known_case() -> None:
+    """[1, 2, 3]: mean 2, s = 1, t(0.975, df 2) = 4.302653 (tables), half-width 4.302653/sqrt(3);
+    [10, 12]: mean 11, s = sqrt(2), t(0.975, df 1) = 12.706205, half-width 12.706205."""
+    mean, half = t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    assert t_interval([10.0, 12.0]) == (11.0, pytest.approx(12.706205, rel=1e-6))
+    assert t_interval([3.0, float("nan"), 3.0]) == (3.0, 0.0)  # nan left out, no spread
+    one = t_interval([0.7])
+    assert one[0] == 0.7 and math.isnan(one[1])  # one seed: no interval
+    assert all(math.isnan(v) for v in t_interval([]))
+    by_metric = seed_intervals([{"auc": 1.0}, {"auc": 2.0}, {"auc": 3.0, "loss": 0.5}])
+    assert by_metric["auc"] == (2.0, half) and by_metric["loss"][0] == 0.5
+
+
+def test_one_seed_prints_no_interval() -> None:
+    from train.report import format_cell
+
+    assert format_cell((0.61234, float("nan"))) == format_cell(0.61234) == f"{0.6123:>18.4f}"
+    assert "±" not in format_cell((0.61234, float("nan")))
+    assert format_cell((0.61234, 0.0123)) == "     0.6123 ±0.0123"
+
+
+def test_early_stopping_watches_the_summed_log_loss() -> None:
+    labels = {"click": np.array([0, 1, 1, 0]), "conversion": np.array([0, 1, 0, 0])}
+    preds = {k: np.array([0.1, 0.8, 0.6, 0.3]) for k in ("pctr", "pcvr", "pctcvr")}
+    m = evaluate(labels, preds, np.array([1, 1, 2, 2]))
+    assert m["logloss"] == pytest.approx(m["ctr_logloss"] + m["ctcvr_logloss"])
+    assert EARLY_STOP_METRIC == "logloss" and metric(EARLY_STOP_METRIC).mode == "min"
 
 
 # --- the metric registry ------------------------------------------------------------------------

@@ -106,3 +106,47 @@ def test_run_page_shows_metrics(ui, page, champion):  # noqa: F811
     assert "samples@v0" in body  # the logged Delta input
     page.get_by_text("test_ctcvr_auc", exact=True).first.scroll_into_view_if_needed()
     shot(page, "mlflow_run.png")
+
+
+def test_experiment_link_opens_runs_with_description(ui, page, champion):  # noqa: F811
+    """The printed link (train/tracking/store.py) opens the runs table, not the GenAI
+    overview, and the experiment's description is shown."""
+    from train.tracking.store import runs_page
+
+    run = client_for(champion.tracking_uri).get_run(champion.run_id)
+    page.goto(runs_page(run.info.experiment_id, ui))
+    page.get_by_text(run.info.run_name).first.wait_for()
+    page.get_by_text("isrec trainings", exact=False).first.wait_for()
+    assert "workflowType=machine_learning" in page.url
+    shot(page, "mlflow_runs.png")
+
+
+def test_run_page_params_and_dataset_drawer(ui, page, champion):  # noqa: F811
+    run = client_for(champion.tracking_uri).get_run(champion.run_id)
+    page.goto(f"{ui}/#/experiments/{run.info.experiment_id}/runs/{champion.run_id}")
+    page.get_by_text("test_ctcvr_auc", exact=True).first.wait_for()
+    body = page.inner_text("body")
+    assert "model_resolved.gru_hidden" in body or "epochs" in body
+    for plumbing in ("hook_pid_file", "ray_address", "hook_at"):
+        assert plumbing not in body, plumbing
+    page.get_by_text("samples@v0").first.click()  # opens the dataset drawer
+    samples = str((champion.lake / "samples").resolve())
+    page.get_by_text(f"path: {samples}").first.wait_for()  # the drawer's profile
+    drawer = page.inner_text("body")
+    assert re.search(rf"num[ _]rows[\s:]*{len(champion.frame)}\b", drawer), drawer[-3000:]
+    assert re.search(r"delta[ _]version[\s:]*0\b", drawer), drawer[-3000:]
+    for column in ("hist_cate", "price", "click"):  # the schema
+        assert column in drawer, column
+    shot(page, "mlflow_dataset_drawer.png")
+
+
+def test_model_version_shows_few_tags(ui, page, champion):  # noqa: F811
+    version = client_for(champion.tracking_uri).get_model_version(
+        champion.registered_model, champion.version
+    )
+    assert len(version.tags) <= 8, sorted(version.tags)
+    page.goto(f"{ui}/#/models/{champion.registered_model}/versions/{champion.version}")
+    page.get_by_text("isrec.data.samples.version").first.wait_for()
+    body = page.inner_text("body")
+    assert "isrec.env." not in body and "isrec.role" not in body
+    shot(page, "mlflow_version_tags.png")

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from etl import features
+from etl.cross import cross_fields
 from etl.delta_log import files_at
 from etl.features import FIRST_ID, UNKNOWN_ID, Vocabulary
 from etl.online import FeatureBundle, RankRequest, encode_request, request_rows
@@ -49,6 +50,7 @@ def small_bundle() -> FeatureBundle:
         for n, v in (("hist_cate", "cate"), ("hist_brand", "brand"), ("hist_btag", "btag"))
     ]
     fields.append(FieldSpec("hist_gap", "sequence", "gap", features.GAP_VOCAB_SIZE))
+    fields += cross_fields(fields)
     spec = FeatureSpec("taobao_ad", 4, fields, gap_seconds=GAP, tz_offset_hours=8)
     rows = [
         ("user", "10", 2),
@@ -116,6 +118,24 @@ def test_request_rows_on_a_crafted_request():
     assert out["session_minutes_log"][0] == np.float32(np.log1p(1000 / 60))
     assert out["impression_id"].tolist() == [0, 1] and out["user_key"].tolist() == [10, 10]
     assert out["ts"].tolist() == [T, T]
+
+
+def test_cross_features_of_a_crafted_request():
+    out = rows()
+    gap = features.gap_bucket
+    # ad 100: cate 5 (id 2) and brand 7 (id 2), each twice in the history, last at T-100
+    assert [out[f"x_cate_{k}"][0] for k in ("count", "gap", "btag", "last")] == [4, gap(100), 2, 3]
+    assert [out[f"x_brand_{k}"][0] for k in ("count", "gap", "btag", "last")] == [4, gap(100), 2, 3]
+    # ad 101: cate 6 (id 3) once, carted at T-1000, not the last behavior; its brand is null
+    assert [out[f"x_cate_{k}"][1] for k in ("count", "gap", "btag", "last")] == [3, gap(1000), 3, 2]
+    assert [out[f"x_brand_{k}"][1] for k in ("count", "gap", "btag", "last")] == [0, 0, 0, 0]
+    assert "x_item_count" not in out  # the bundle has no item history
+    # an unknown category (id 1) matches nothing, not even the history's unknown entries
+    events = [{"time": T - 60, "btag": "fav", "cate": 77, "brand": 8}]
+    unknown = rows(candidates=[102], events=events)
+    assert unknown["x_cate_count"].tolist() == [features.UNKNOWN_ID]
+    assert unknown["x_cate_last"].tolist() == [features.UNKNOWN_ID]
+    assert rows(events=[])["x_cate_gap"].tolist() == [features.NO_MATCH["gap"]] * 2
 
 
 def test_unseen_values_encode_to_unknown():
@@ -386,6 +406,7 @@ def test_parity_on_a_generated_lake(world_lake, tmp_path):
     keys = read_delta(lake, "impressions", spec.tables["impressions"])
     raw_keys = set(sample[["user", "time_stamp", "adgroup_id", "pid"]].itertuples(index=False))
     assert set(keys[["user_id", "ts", "ad_id", "slot"]].itertuples(index=False)) <= raw_keys
+    assert {"x_cate_count", "x_brand_gap", "x_brand_last"} <= set(bundle.fields)  # cross
     compared = assert_parity(lake, bundle, events_by_user(behaviors), by_user.get)
     assert compared == len(read_delta(lake, "samples", spec.tables["samples"], "split=test"))
 
@@ -406,6 +427,7 @@ def test_parity_on_the_real_user_behavior_slice(spark, real_data, tmp_path):
     assert summary.rows["quarantine"] == 0
     bundle = FeatureBundle.from_lake(cfg.output)
     assert bundle.spec.gap_seconds == 600 and "hist_item" in bundle.fields
+    assert {"x_item_count", "x_item_last", "x_cate_gap", "x_cate_btag"} <= set(bundle.fields)
     names = ["user", "item", "cate", "btag", "time"]
     behaviors = pd.read_csv(src, header=None, names=names)
     assert assert_parity(cfg.output, bundle, events_by_user(behaviors), lambda user: None) > 1000

@@ -37,7 +37,13 @@ def test_promotion_gate(store):
     name = "isrec-gate"
     v1 = fake_version(store, "gate", {"ctcvr_auc": 0.70})
     assert aliases(store, name) == {"challenger": v1}
-    assert client.get_model_version(name, v1).tags["isrec.metric.test_ctcvr_auc"] == "0.7"
+    registered = client.get_model_version(name, v1)
+    assert registered.tags == {  # a few chips in the UI, not every run tag
+        "isrec.data.samples.path": "/lake/samples",
+        "isrec.data.samples.version": "0",
+        "isrec.metric.test_ctcvr_auc": "0.7",
+    }
+    assert "ctcvr_auc 0.7000" in registered.description
 
     first = registry.promote("gate", tracking_uri=store)  # no champion yet -> promote
     assert first.promoted and "no champion yet" in first.reason
@@ -51,6 +57,7 @@ def test_promotion_gate(store):
     mv2 = client.get_model_version(name, v2)
     assert mv2.tags["isrec.promotion.decision"] == "refused"
     assert mv2.tags["isrec.promotion.champion_version"] == v1
+    assert len(mv2.tags) == 5  # data (2), metric, decision, champion before
     assert "REFUSED" in mv2.description and "0.650000 vs 0.700000" in mv2.description
 
     v3 = fake_version(store, "gate", {"ctcvr_auc": 0.90}, samples_version=1)  # other data
@@ -124,3 +131,20 @@ def test_promote_cli(store, capsys):
     assert capsys.readouterr().out.startswith("REFUSED isrec-cli v2")
     assert job.main(["--model-name", "isrec-nope", "--tracking-uri", store]) == 2
     assert "isrec-nope" in capsys.readouterr().err
+
+
+def test_below_chance_challenger_is_never_promoted(store):
+    client = client_for(store)
+    flagged = {"isrec.below_chance": "true", "isrec.guard.valid_ctr_auc": "0.41"}
+    v1 = fake_version(store, "chance", {"ctcvr_auc": 0.6}, run_tags=flagged)
+    assert client.get_model_version("isrec-chance", v1).tags["isrec.below_chance"] == "true"
+    first = registry.promote("chance", tracking_uri=store)  # even with no champion
+    assert not first.promoted and "below chance" in first.reason
+    assert "champion" not in aliases(store, "isrec-chance")
+    fine = {"isrec.below_chance": "false"}
+    v2 = fake_version(store, "chance", {"ctcvr_auc": 0.55}, run_tags=fine)
+    assert registry.promote("chance", tracking_uri=store).promoted
+    v3 = fake_version(store, "chance", {"ctcvr_auc": 0.9}, run_tags=flagged)  # better, flagged
+    assert not registry.promote("chance", tracking_uri=store).promoted
+    assert aliases(store, "isrec-chance") == {"champion": v2, "challenger": v3}
+    assert v1 != v2

@@ -202,19 +202,20 @@ def test_ali_ccp_raw_fixture(spark):
     assert "bronze_sample_skeleton_train" in data.bronze
     wide = data.wide_samples
     assert wide.columns == KEYS + raw_wide_columns()
-    assert dict(wide.dtypes)["f_109_14"] == "array<string>"
+    assert dict(wide.dtypes)["s_109_14"] == "array<string>"  # a user history: a sequence
+    assert dict(wide.dtypes)["f_210"] == "array<string>"
     assert dict(wide.dtypes)["d_508"] == "double"
     collected = wide.collect()
     assert len({r["impression_id"] for r in collected}) == 9
     rows = {(r["split"], r["f_205"], r["user_key"]): r for r in collected}
     first = rows[("train", "301", 11001)]
     assert first["f_124"] == "41" and first["f_301"] == "1"
-    assert first["f_109_14"] == ["1091", "1092", "1093"] and first["f_210"] == ["7001", "7003"]
+    assert first["s_109_14"] == ["1091", "1092", "1093"] and first["f_210"] == ["7001", "7003"]
     assert first["d_508"] == pytest.approx(2.30259)
     bought = rows[("train", "303", 11001)]
     assert (bought["click"], bought["conversion"]) == (1, 1)
     orphan = rows[("test", "307", 0)]  # its common_feature_index is not in common_features_test
-    assert orphan["f_101"] is None and orphan["f_109_14"] == [] and orphan["f_210"]
+    assert orphan["f_101"] is None and orphan["s_109_14"] == [] and orphan["f_210"]
 
 
 def test_ali_ccp_raw_malformed(spark):

@@ -24,7 +24,7 @@ from helpers_mlflow import (  # noqa: F401
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from train import pyfunc
+from train import pyfunc, registry
 from train.tracking import comparison, runs, store
 
 
@@ -57,10 +57,24 @@ def test_run_records_config_lineage_metrics_plots_env(champion):  # noqa: F811
     (dataset,) = run.inputs.dataset_inputs
     assert dataset.dataset.name == "samples@v0" and dataset.dataset.source_type == "delta_table"
     assert samples in dataset.dataset.source
+    profile = json.loads(dataset.dataset.profile)
+    assert (profile["path"], profile["delta_version"]) == (samples, 0)
+    assert profile["num_rows"] == len(champion.frame) and profile["num_files"] >= 2
+    columns = {c["name"]: c for c in json.loads(dataset.dataset.schema)["mlflow_colspec"]}
+    assert set(champion.frame.columns) - {"split", "day"} <= set(columns)
+    assert columns["hist_cate"]["type"] == "array" and columns["price"]["type"] == "float"
     # environment
     assert tags["isrec.env.torch"].startswith("2.") and tags["isrec.env.python"].startswith("3.11")
     assert "isrec.env.pyspark" in tags and "isrec.env.ray" in tags
-    assert len(tags.get("isrec.env.git_commit", "x" * 40)) == 40
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()  # the tests run in a checkout: the commit must be recorded
+    assert tags["isrec.env.git_commit"] == tags["mlflow.source.git.commit"] == head
+    # plumbing left empty and test hooks are not hyperparameters
+    for key in ("hook_pid_file", "hook_at", "ray_address", "tracking_uri", "name", "model_params"):
+        assert key not in params, key
+    # below-chance guard: measured and tagged either way
+    assert tags["isrec.below_chance"] == str(metrics["valid_ctr_auc"] < 0.5).lower()
     # per-epoch metrics with step = epoch, final test metrics
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert sorted(m.step for m in history) == [0, 1]
@@ -82,7 +96,29 @@ def test_run_records_config_lineage_metrics_plots_env(champion):  # noqa: F811
     ):
         assert path in artifacts, f"{path} missing from {sorted(artifacts)}"
     config = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/config/config.json")
-    assert config["model_params"]["embedding_dim"] == 4
+    assert config["model_params"]["embedding_dim"] == 4 and config["hook_pid_file"] == ""
+    # the experiment: a description and the classic (not GenAI) kind
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert "isrec.below_chance" in experiment.tags["mlflow.note.content"]
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_logged_model_name_metrics_and_dataset(champion):  # noqa: F811
+    """The logged model is named after model, seed and run, and carries the best epoch's and
+    the test metrics (MLflow's default links step 0: the first epoch's)."""
+    client = client_for(champion.tracking_uri)
+    run = client.get_run(champion.run_id)
+    model = client.get_logged_model(champion.model_uri.removeprefix("models:/"))
+    assert model.name == f"rnn_mtl-s0-{champion.run_id[:8]}"
+    linked = {(m.key, m.step): m for m in model.metrics}
+    best = int(run.data.params["epochs"]) - 1  # make_result: the last epoch is the best
+    history = client.get_metric_history(champion.run_id, "valid_ctr_auc")
+    best_value = next(m.value for m in history if m.step == best)
+    assert linked[("valid_ctr_auc", best)].value == best_value
+    assert ("valid_ctr_auc", 0) not in linked  # not the first epoch's
+    assert linked[("test_ctcvr_auc", 0)].value == run.data.metrics["test_ctcvr_auc"]
+    assert linked[("test_ctcvr_auc", 0)].dataset_name == "samples@v0"
+    assert len(history) == 2  # linking the best epoch logged no extra point
 
 
 def _artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
@@ -125,8 +161,12 @@ def test_comparison_groups_seeds_and_registers_best(spark, tmp_path, champion): 
     assert parent.data.tags["isrec.comparison_id"] == "cmp-1"
     assert parent.data.tags["isrec.role"] == "comparison"
     aucs = [r.test_metrics["ctcvr_auc"] for r in results]
-    assert parent.data.metrics["test_ctcvr_auc_mean"] == pytest.approx(np.mean(aucs))
+    # the parent's mean has the children's name: one runs-table column covers both
+    assert parent.data.metrics["test_ctcvr_auc"] == pytest.approx(np.mean(aucs))
     assert parent.data.metrics["test_ctcvr_auc_std"] == pytest.approx(np.std(aucs, ddof=1))
+    assert not any(k.endswith("_mean") for k in parent.data.metrics)
+    (parent_input,) = parent.inputs.dataset_inputs  # both seeds read the same version
+    assert parent_input.dataset.name == "samples@v0"
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{cmp.run_id}'"
     )
@@ -202,7 +242,9 @@ model = mlflow.pyfunc.load_model(sys.argv[1])
 import train.pyfunc
 out = model.predict(pd.read_parquet(sys.argv[2]))
 out.to_parquet(sys.argv[3])
-print(json.dumps({"code": train.pyfunc.__file__, "main_has_training": "train.loop" in sys.modules}))
+training = ("train.driver", "train.worker", "ray")  # pyspark: loaded today, see the H4 report
+loaded = sorted(m for m in training if m in sys.modules)
+print(json.dumps({"code": train.pyfunc.__file__, "training_modules": loaded}))
 """
 
 
@@ -221,6 +263,7 @@ def test_pyfunc_loads_in_fresh_process(champion, tmp_path):  # noqa: F811
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not info["code"].startswith(str(PROJECT_ROOT)), "model must run its shipped code"
+    assert info["training_modules"] == [], "serving must not import the training stack"
     out = pd.read_parquet(tmp_path / "out.parquet")
     # same numbers as the training process produced for these rows
     trained = pd.read_parquet(
@@ -241,3 +284,62 @@ def test_predict_params_beta(champion):  # noqa: F811
     expected = out["pctcvr"] + 0.5 * out["expected_views"]
     np.testing.assert_allclose(out["score"], expected, rtol=1e-6)  # float32 network
     assert (out["expected_views"] > 0).all() and out["pctr"].between(0, 1).all()
+
+
+def inverted(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with the train split's clicks flipped: a model learns the opposite of the
+    valid split's signal and ranks below chance there."""
+    out = frame.copy()
+    train = out.split == "train"
+    out.loc[train, "click"] = 1.0 - out.loc[train, "click"]
+    out.loc[train, "conversion"] = out.loc[train, "conversion"] * out.loc[train, "click"]
+    return out
+
+
+def test_below_chance_run_is_tagged_and_never_promoted(tmp_path, champion, caplog):  # noqa: F811
+    uri = sqlite_uri(tmp_path / "mlflow")
+    result = make_result(
+        tmp_path / "train", champion.spec, inverted(champion.frame), lake=champion.lake
+    )
+    final = result.history[result.best_epoch]["valid_ctr_auc"]
+    assert final < 0.5, final  # the premise: a real model that ranks below chance
+    with (
+        caplog.at_level("WARNING", logger="train.tracking.guard"),
+        runs.training_run("guard-tests", tracking_uri=uri) as run,
+    ):
+        logged = run.register(run.log_result(result))
+    assert "ranks below chance" in caplog.text and "valid_ctr_auc" in caplog.text
+    client = client_for(uri)
+    tags = client.get_run(logged.run_id).data.tags
+    assert tags["isrec.below_chance"] == "true"
+    assert float(tags["isrec.guard.valid_ctr_auc"]) == pytest.approx(final)
+    version = client.get_model_version("isrec-rnn_mtl", logged.version)
+    assert version.tags["isrec.below_chance"] == "true" and "never promoted" in version.description
+    decision = registry.promote(MODEL, tracking_uri=uri)  # no champion yet, still refused
+    assert not decision.promoted and "below chance" in decision.reason
+    assert "champion" not in client.get_registered_model("isrec-rnn_mtl").aliases
+
+
+def test_plots_draw_aucs_on_their_axis_and_fit_calibration():
+    from train.tracking import plots
+
+    rows = [
+        {"epoch": e, "valid_ctr_auc": a, "valid_ctr_gauc_users": 440.0, "valid_ctr_gauc": a - 0.01}
+        for e, a in enumerate((0.61, 0.64, 0.66))
+    ]
+    fig = plots.plot_curves(rows, "auc", "AUC", ylim=plots.AUC_AXIS)
+    (ax,) = fig.axes
+    labels = sorted(line.get_label() for line in ax.get_lines())
+    assert labels == ["valid_ctr_auc", "valid_ctr_gauc"]  # not the *_gauc_users count
+    assert ax.get_ylim() == (0.5, 1.0)
+    fig.canvas.draw()
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    low = plots.plot_curves([{**rows[0], "valid_ctr_auc": 0.38}], "auc", "AUC", plots.AUC_AXIS)
+    assert low.axes[0].get_ylim()[0] < 0.38  # a below-chance value stays on the plot
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 0.1, 5000)
+    tasks = {"ctr": ((rng.random(5000) < p).astype(int), p)}
+    top = plots.calibration_limit(tasks)
+    assert 0.09 < top < 0.2  # fitted to rates of a few percent, not a 0-1 square
+    calibration = plots.plot_calibration(tasks)
+    assert calibration.axes[0].get_xlim() == (0.0, top)

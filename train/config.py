@@ -74,14 +74,25 @@ class ESMMConfig(ModelConfig):
 
 
 @dataclass
+class DINConfig(ModelConfig):
+    """Single-task DIN: target attention over the history + MLP, two independent nets."""
+
+    dnn_hidden: tuple[int, ...] = (128, 64)
+    attention_hidden: tuple[int, ...] = (32,)  # attention-score MLP (PReLU)
+    attention_softmax: bool = False  # DIN's raw scores (False) or softmax-normalised weights
+
+
+@dataclass
 class RNNMTLConfig(ModelConfig):
     """GRU over the behavior sequence + user/ad/context embeddings, CTR/CVR/exploration towers."""
 
+    gru: bool = True  # False: no GRU, attention over the step inputs only (an ablation)
     gru_hidden: int = 64
     gru_layers: int = 1
     packed: bool = True  # pack_padded_sequence (True) or run padded and gather by length
     attention: bool = True  # target attention of the candidate ad over the GRU states
-    match_flags: bool = True  # GRU input: per step, does it match the candidate (same cate, ...)
+    match_flags: bool = True  # per step, does it match the candidate (same cate, ...)
+    match_position: str = "gru"  # flags as GRU inputs ("gru") or beside its states ("attention")
     attention_hidden: tuple[int, ...] = (32,)  # DIN-style attention MLP
     shared_hidden: tuple[int, ...] = (128,)  # shared bottom above [GRU, attention, embeddings]
     tower_hidden: tuple[int, ...] = (64,)  # each of the CTR, CVR and exploration towers
@@ -93,6 +104,7 @@ MODEL_CONFIGS: dict[str, type[ModelConfig]] = {
     "xdeepfm": XDeepFMConfig,
     "mmoe": MMoEConfig,
     "esmm": ESMMConfig,
+    "din": DINConfig,
     "rnn_mtl": RNNMTLConfig,
 }
 

@@ -152,6 +152,17 @@ def steps_per_epoch(plan: ShardPlan, batch_size: int) -> int:
     return full if full > 0 else min(-(-r // batch_size) for r in plan.rows)
 
 
+def label_priors(files: list[str]) -> dict[str, float]:
+    """Base rates of the rows of ``files``: ctr, cvr (conversions per click) and views (mean
+    n_future_views); what a model's output offsets start from (BaseModel.set_priors)."""
+    sums = np.zeros(4)  # rows, clicks, conversions, views
+    for uri in files:
+        table = _open_parquet(uri).read(columns=["click", "conversion", "n_future_views"])
+        sums += [table.num_rows, *(pc.sum(table[c]).as_py() or 0 for c in table.column_names)]
+    rows, clicks = max(sums[0], 1.0), max(sums[1], 1.0)
+    return {"ctr": sums[1] / rows, "cvr": sums[2] / clicks, "views": sums[3] / rows}
+
+
 # --- loaders ------------------------------------------------------------------------------------
 def batch_columns(spec: FeatureSpec) -> dict[str, torch.dtype]:
     """Every column of the batch contract and its torch dtype."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from etl.tables import SAMPLES
 from train.checkpoints import STATE_FILE
 from train.metrics import metric, summarize_seeds
 from train.preflight import ConfigError, Prepared, preflight
+from train.progress import epoch_feed
 from train.results import SeedsResult, TrainResult
 from train.train_config import TrainConfig
 from train.worker import train_loop_per_worker
@@ -84,8 +86,10 @@ def _check_auth(address: str) -> None:
         )
 
 
-def run_training(cfg: TrainConfig) -> TrainResult:
-    """Train one seed with Ray Train and return its result (pre-flight errors: ConfigError)."""
+def run_training(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Train one seed with Ray Train and return its result (pre-flight errors: ConfigError).
+    ``callbacks``: more Ray Train ``UserCallback``s for the controller (train/tune.py relays
+    every report to Ray Tune through one)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -94,6 +98,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     connect_ray(cfg)
     has_valid = "valid" in prepared.files
     score = f"valid_{cfg.early_stop_metric}" if has_valid else None
+    feed = epoch_feed(cfg)  # per-epoch progress to the console, when one is installed
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -112,6 +117,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         ),
         run_config=RunConfig(
             name=prepared.name,
+            callbacks=[*feed.callbacks, *callbacks],
             **_ray_storage(cfg.storage_path),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(
@@ -122,7 +128,8 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         ),
     )
     log.info("training %s on %s with %d workers", cfg.model, cfg.lake, cfg.num_workers)
-    result = trainer.fit()
+    with feed:
+        result = trainer.fit()
     return _train_result(result, cfg, prepared)
 
 

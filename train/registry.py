@@ -11,8 +11,11 @@ Aliases, never stages: a newly registered version gets alias ``challenger``; ``p
 alias ``champion`` to the challenger only when it beats the current champion on a test metric
 (default ``train.metrics.DEFAULT_METRIC``, in the direction the metric registry gives it) measured
 on the SAME data (same samples table path and Delta version).
-With no champion yet, the challenger is promoted. Each decision and its numbers are written into
-the challenger version's tags (``isrec.promotion.*``) and description.
+With no champion yet, the challenger is promoted; a challenger flagged below chance
+(``isrec.below_chance``, train/tracking/guard.py) never is. Each decision is written into the
+challenger version's tags (``isrec.promotion.decision`` / ``.champion_version``) and its numbers
+and reason into the description. A version carries few tags: the samples path and version it was
+trained on, the promotion metric, its comparison id and the below-chance flag.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from mlflow.tracking import MlflowClient
 from etl.tables import SAMPLES
 from train.metrics import DEFAULT_METRIC, sign
 from train.metrics import metric as known_metric
+from train.tracking.guard import BELOW_CHANCE_TAG, VALUE_TAG
 from train.tracking.store import TAG, configure
 
 log = logging.getLogger(__name__)
@@ -39,7 +43,10 @@ log = logging.getLogger(__name__)
 PREFIX = "isrec-"
 CHAMPION, CHALLENGER = "champion", "challenger"
 DATA_TAGS = (f"{TAG}data.{SAMPLES}.path", f"{TAG}data.{SAMPLES}.version")
-VERSION_METRIC_SUFFIXES = ("auc", "logloss")  # test metrics copied into version tags
+# what a version's tags hold (a few chips in the UI; the rest is in its run and description):
+# the data it was trained on, the promotion metric, its comparison and the below-chance flag
+VERSION_RUN_TAGS = (*DATA_TAGS, f"{TAG}comparison_id", BELOW_CHANCE_TAG)
+DESCRIPTION_METRICS = ("ctr_auc", "cvr_auc", "ctcvr_auc", "ctcvr_logloss")
 
 
 def registered_model_name(model: str) -> str:
@@ -69,21 +76,27 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
             client.get_registered_model(name)
 
 
-def _run_record(client: MlflowClient, run_id: str | None) -> dict[str, str]:
-    """Data-lineage tags and test metrics of the run, to copy onto the version."""
+def _run_record(client: MlflowClient, run_id: str | None) -> tuple[dict[str, str], str]:
+    """The version's tags from its run (``VERSION_RUN_TAGS`` and the promotion metric) and a
+    description naming the run, its data and its test metrics."""
     if not run_id:
-        return {}
+        return {}, ""
     run = client.get_run(run_id)
-    tags = {k: v for k, v in run.data.tags.items() if k.startswith(f"{TAG}data.")}
-    for key in (f"{TAG}comparison_id", f"{TAG}seed", f"{TAG}model"):
-        if key in run.data.tags:
-            tags[key] = run.data.tags[key]
-    metrics = {
-        f"{TAG}metric.{k}": repr(v)
-        for k, v in run.data.metrics.items()
-        if k.startswith("test_") and k.endswith(VERSION_METRIC_SUFFIXES)
-    }
-    return tags | metrics
+    tags = {k: run.data.tags[k] for k in VERSION_RUN_TAGS if k in run.data.tags}
+    metrics = run.data.metrics
+    key = f"test_{DEFAULT_METRIC}"
+    if key in metrics:
+        tags[f"{TAG}metric.{key}"] = repr(metrics[key])
+    shown = [
+        f"{m} {metrics[f'test_{m}']:.4f}" for m in DESCRIPTION_METRICS if f"test_{m}" in metrics
+    ]
+    data = tags.get(DATA_TAGS[1], "?")
+    text = f"Trained by run {run_id} on samples version {data}."
+    if shown:
+        text += f" Test: {', '.join(shown)}."
+    if tags.get(BELOW_CHANCE_TAG) == "true":
+        text += f" Ranks below chance ({run.data.tags.get(VALUE_TAG)}): never promoted."
+    return tags, text
 
 
 def register_version(
@@ -103,16 +116,15 @@ def register_version(
     client = _client(tracking_uri)
     name = registered_model_name(model)
     _ensure_registered_model(client, name)
-    version_tags = _run_record(client, run_id) | dict(tags or {})
+    run_tags, description = _run_record(client, run_id)
+    version_tags = run_tags | dict(tags or {})
     mv = _existing_version(client, name, model_uri, run_id)
     if mv is None:
         mv = mlflow.register_model(model_uri, name, tags=version_tags)
     else:
         log.info("%s of run %s is already version %s of %s", model_uri, run_id, mv.version, name)
-    data = version_tags.get(DATA_TAGS[1], "?")
-    client.update_model_version(
-        name, mv.version, description=f"Trained by run {run_id} on samples version {data}."
-    )
+    if description:
+        client.update_model_version(name, mv.version, description=description)
     if alias:
         client.set_registered_model_alias(name, alias, mv.version)
     return client.get_model_version(name, mv.version)
@@ -155,6 +167,18 @@ def data_version(mv: ModelVersion) -> tuple[str, str] | None:
     if not all(tags.get(t) for t in DATA_TAGS):
         return None
     return tags[DATA_TAGS[0]], tags[DATA_TAGS[1]]
+
+
+def below_chance(client: MlflowClient, mv: ModelVersion) -> bool:
+    """The version (or its run) carries the below-chance flag (train/tracking/guard.py)."""
+    if (mv.tags or {}).get(BELOW_CHANCE_TAG) == "true":
+        return True
+    if not mv.run_id:
+        return False
+    try:
+        return client.get_run(mv.run_id).data.tags.get(BELOW_CHANCE_TAG) == "true"
+    except MlflowException:
+        return False
 
 
 @dataclass
@@ -210,6 +234,12 @@ def decide(
     if value is None:
         d.reason = f"the challenger has no test_{metric.removeprefix('test_')} metric"
         return d
+    if below_chance(client, challenger):
+        d.reason = (
+            f"the challenger ranks below chance ({VALUE_TAG} < 0.5, tag {BELOW_CHANCE_TAG}): "
+            "never promoted"
+        )
+        return d
     if champion is None:
         d.promoted, d.reason = True, f"no champion yet; challenger {metric}={value:.6f}"
         return d
@@ -246,16 +276,9 @@ def _compare(
 def record(client: MlflowClient, d: Decision) -> None:
     """Write the decision into the challenger version's tags and description."""
     name, version = d.registered_model, d.challenger_version
-    tags = {
+    tags = {  # the numbers and the reason go into the description
         "decision": "promoted" if d.promoted else "refused",
-        "reason": d.reason,
-        "metric": d.metric,
-        "challenger_value": d.challenger_value,
-        "champion_value": d.champion_value,
         "champion_version": d.champion_version,
-        "challenger_data": d.challenger_data,
-        "champion_data": d.champion_data,
-        "decided_at": d.decided_at,
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, f"{TAG}promotion.{key}", str(value))

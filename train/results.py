@@ -1,7 +1,8 @@
 """Typed results of training: what the driver returns and what tracking logs.
 
 ``TrainResult`` is one finished run (one seed); ``SeedsResult`` all seeds of one model with the
-mean and std of their test metrics, and the JSON line jobs/train.py prints last.
+mean and std of their test metrics (and the 95% intervals the tables print), and the JSON line
+jobs/train.py prints last.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from train.metrics import seed_intervals
 from train.train_config import TrainConfig
 
 
@@ -36,12 +38,21 @@ class SeedsResult:
     results: list[TrainResult]
     summary: dict[str, tuple[float, float]]  # metric -> (mean, std) over seeds
 
+    @property
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        """Metric -> (mean, 95% half-width; nan with one seed) over the seeds' test metrics."""
+        return seed_intervals([r.test_metrics for r in self.results])
+
     def to_json(self) -> dict[str, Any]:
         """The final line of jobs/train.py: metrics (mean/std with several seeds) and runs."""
         if len(self.results) == 1:
             metrics: dict[str, Any] = finite(self.results[0].test_metrics)
         else:
-            metrics = {k: {"mean": _num(m), "std": _num(s)} for k, (m, s) in self.summary.items()}
+            half = self.intervals
+            metrics = {
+                k: {"mean": _num(m), "std": _num(s), "ci95": _num(half[k][1])}
+                for k, (m, s) in self.summary.items()
+            }
         first = self.results[0]
         return {
             "model": first.config.model,

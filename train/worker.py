@@ -32,7 +32,7 @@ from train.checkpoints import (
     report_epoch,
 )
 from train.collectives import all_reduce_sum
-from train.data import make_loader, plan_shards, steps_per_epoch
+from train.data import label_priors, make_loader, plan_shards, steps_per_epoch
 from train.evaluation import evaluate_split
 from train.metrics import TABLE_METRICS, is_better
 from train.train_config import TrainConfig
@@ -95,6 +95,7 @@ def _init_worker(config: dict[str, Any]) -> Worker:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = build_model(cfg.model, spec, cfg.model_params)
+    model.set_priors(label_priors(config["files"]["train"]))  # the same on every rank
     state, best, resumed = LoopState(), None, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:

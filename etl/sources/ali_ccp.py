@@ -15,9 +15,12 @@ Three input formats (``SourceConfig.ali_ccp_format``, default auto-detected):
   feature_num,feature_list``) joined with common_features_{train,test}.csv
   (``common_feature_index,feature_num,feature_list``); a feature_list is items
   ``field\\x02feature_id\\x03value`` joined by ``\\x01``. Single-valued fields give string
-  columns (the last id seen, as torch-rechub does), the multi-valued fields (109_14, 110_14,
-  127_14, 150_14, 210) array<string> columns (all ids, skeleton then common features), and the
-  cross fields 508, 509, 702, 853 also their value as ``d_<field>``. A sample whose
+  columns (the last id seen, as torch-rechub does), the multi-valued fields array<string>
+  columns (all ids, skeleton then common features, each in the order its line lists them): the
+  user histories 109_14, 110_14, 127_14, 150_14 as ``s_<field>`` (sequence fields
+  ``hist_<field>`` of samples, the first ``max_len`` ids: etl/wide_sequences.py), the item's
+  intention nodes 210 as ``f_210`` (left out of samples); the cross fields 508, 509, 702, 853
+  also give their value as ``d_<field>``. A sample whose
   common_feature_index is missing from the common features keeps null user columns (counted in
   ``flags["missing_common_features"]``).
 - ``torch_rechub``: its preprocessed csv (header ``click,purchase,101,...,D853``): every field is
@@ -56,7 +59,8 @@ SINGLE_FIELDS = (
     "101", "121", "122", "124", "125", "126", "127", "128", "129",
     "205", "206", "207", "216", "508", "509", "702", "853", "301",
 )  # fmt: skip
-MULTI_FIELDS = ("109_14", "110_14", "127_14", "150_14", "210")
+HISTORY_FIELDS = ("109_14", "110_14", "127_14", "150_14")  # the user's behaviors: sequences
+MULTI_FIELDS = (*HISTORY_FIELDS, "210")
 KNOWN_FIELDS = SINGLE_FIELDS + MULTI_FIELDS
 RAW_DENSE = ("508", "509", "702", "853")
 ITEM, FIELD, VALUE = "\x01", "\x02", "\x03"
@@ -278,12 +282,17 @@ def _has_field(name: str):
     return lambda x: x["field"] == F.lit(name)
 
 
+def column_of(field: str) -> str:
+    """The raw wide column of a field: ``s_`` for the user histories, else ``f_``."""
+    return f"s_{field}" if field in HISTORY_FIELDS else f"f_{field}"
+
+
 def _field_columns(features: Column, prefix: str) -> list[Column]:
     cols = []
     for f in KNOWN_FIELDS:
         hits = F.filter(features, _has_field(f))
         if f in MULTI_FIELDS:
-            cols.append(F.transform(hits, lambda x: x["fid"]).alias(f"{prefix}f_{f}"))
+            cols.append(F.transform(hits, lambda x: x["fid"]).alias(prefix + column_of(f)))
             continue
         last = F.try_element_at(hits, F.lit(-1))
         cols.append(last["fid"].alias(f"{prefix}f_{f}"))
@@ -295,7 +304,7 @@ def _field_columns(features: Column, prefix: str) -> list[Column]:
 def raw_wide_columns() -> list[str]:
     cols = []
     for f in KNOWN_FIELDS:
-        cols.append(f"f_{f}")
+        cols.append(column_of(f))
         if f in RAW_DENSE:
             cols.append(f"d_{f}")
     return cols

@@ -13,6 +13,7 @@ from etl.world.model import WorldConfig
 
 _WORLD = WorldConfig()
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+FORMATS = ("taobao_ad", "ali_ccp")  # Tianchi 56 (write_world) or raw Ali-CCP (ali_ccp_writer)
 
 
 @dataclass
@@ -46,6 +47,14 @@ class GenerateConfig:
     page_ad_rate: float = field(
         default=_WORLD.page_ad_rate, metadata={"help": "share of pages that show an ad"}
     )
+    format: str = field(
+        default="taobao_ad",
+        metadata={
+            "help": "raw format of the logs: taobao_ad (Tianchi 56 CSVs) or ali_ccp "
+            "(sample_skeleton/common_features, split by day: last day test, the one before valid)",
+            "choices": FORMATS,
+        },
+    )
     log_level: str = field(default="INFO", metadata={"help": "logging", "choices": LOG_LEVELS})
 
     def world(self) -> WorldConfig:
@@ -57,3 +66,7 @@ class GenerateConfig:
         self.world().validate()
         if not 0.0 < self.page_ad_rate <= 1.0:
             raise ValueError(f"page_ad_rate must be in (0, 1], got {self.page_ad_rate}")
+        if self.format == "ali_ccp" and self.days < 3:
+            raise ValueError(
+                f"--format ali_ccp needs --days >= 3 (train, valid, test), got {self.days}"
+            )

@@ -11,8 +11,9 @@ Not run by CI. Steps:
    Each stage is the wall time of the pipeline's own calls, timed by wrapping them in place:
    ``load_source`` (parse + reconciliation counts of the 4 files, cached), each ``write_table``
    (Spark is lazy: a write's time includes computing its input, e.g. the ``events`` write runs
-   ``sessionize`` and the ``impressions`` write runs the ``label_and_history`` pass) and
-   ``write_samples`` (count, repartitioned write, manifest). ``other`` is the rest of
+   ``sessionize``; the ``label_and_history`` pass runs in the aggregation of its persisted
+   output that gives the label stats and row count, timed with the ``impressions`` write) and
+   ``write_samples`` (repartitioned write, manifest). ``other`` is the rest of
    ``run_etl`` (Delta log reads after each write, the split/known-column collects, label stats).
 3. DuckDB (in a second child process, ``PRAGMA threads``): the same CSVs read with explicit
    column types (exact duplicate lines dropped, as the Spark parser quarantines them), the same

@@ -11,6 +11,8 @@ Not run by CI.
     python tests/benchmarks/bench_quality.py                      # the "learnable" world
     python tests/benchmarks/bench_quality.py --ads 0 --items 0 --cates 0 --brands 0  # default
         # catalog sizes (2.5 ads per user, Taobao-like long tail)
+    python tests/benchmarks/bench_quality.py --ablation --seeds 3   # one table: rnn_mtl
+        # variants (ABLATIONS), DIN and the baselines, mean and 95% interval over seeds
 
 The default world has a small catalog (300 ads in 30 categories): each ad is shown ~600 times,
 so ad and category effects can be learned from a few minutes of CPU training. The per-user
@@ -30,12 +32,21 @@ import pandas as pd
 from etl.cli import KeyValues, parse
 from etl.world import WorldConfig, write_world
 from train.driver import connect_ray, run_training
-from train.metrics import AUC_METRICS
+from train.metrics import AUC_METRICS, seed_intervals
 from train.models import MODEL_NAMES
 from train.report import PREDICTIONS, comparison_table, evaluate_frame
 from train.train_config import LOADERS, TrainConfig
 
 SIZE_HELP = {"help": "0: the generator's default"}
+_DEFAULTS = TrainConfig()  # the train job's optimizer defaults (train/train_config.py)
+# rnn_mtl ablations (train/config.py RNNMTLConfig switches): table name -> params
+ABLATIONS = {
+    "rnn_mtl": {},
+    "rnn_mtl-attention_only": {"gru": "false"},
+    "rnn_mtl-no_match_flags": {"match_flags": "false"},
+    "rnn_mtl-flags_after_gru": {"match_position": "attention"},
+    "rnn_mtl-no_exploration": {"explore_weight": "0"},
+}
 
 
 @dataclass
@@ -52,8 +63,12 @@ class BenchQualityConfig:
     models: str = ",".join(MODEL_NAMES)
     epochs: int = 6
     patience: int = 2
-    batch_size: int = 512
-    lr: float = 3e-3
+    batch_size: int = _DEFAULTS.batch_size
+    lr: float = _DEFAULTS.lr
+    seeds: int = field(default=1, metadata={"help": "training seeds per model (mean, 95% CI)"})
+    ablation: bool = field(
+        default=False, metadata={"help": "rnn_mtl variants (ABLATIONS) beside --models"}
+    )
     num_workers: int = 2
     use_gpu: bool = False
     loader: str = field(default="petastorm", metadata={"choices": LOADERS})
@@ -108,11 +123,24 @@ def model_params(params: dict[str, str], model: str) -> dict[str, str]:
     return {k.partition(":")[2]: v for k, v in params.items() if k.partition(":")[0] == model}
 
 
-def train_one(bench: BenchQualityConfig, lake: Path, model: str) -> tuple[dict, pd.DataFrame]:
+def runs(bench: BenchQualityConfig) -> dict[str, tuple[str, dict[str, str]]]:
+    """Table name -> (model, params): --models, and with --ablation the rnn_mtl variants."""
+    out = {m: (m, model_params(bench.param, m)) for m in bench.models.split(",") if m}
+    if bench.ablation:
+        out.pop("rnn_mtl", None)
+        base = model_params(bench.param, "rnn_mtl")
+        out |= {name: ("rnn_mtl", base | params) for name, params in ABLATIONS.items()}
+    return out
+
+
+def train_one(
+    bench: BenchQualityConfig, lake: Path, model: str, params: dict[str, str], seed: int
+) -> tuple[dict, pd.DataFrame]:
     cfg = TrainConfig(
         lake=str(lake),
         model=model,
-        model_params=model_params(bench.param, model),
+        model_params=params,
+        seed=seed,
         num_workers=bench.num_workers,
         use_gpu=bench.use_gpu,
         epochs=bench.epochs,
@@ -121,7 +149,7 @@ def train_one(bench: BenchQualityConfig, lake: Path, model: str) -> tuple[dict, 
         lr=bench.lr,
         loader=bench.loader,
         storage_path=str(Path(bench.data_dir).resolve() / "ray_results"),
-        name=f"quality-{model}-{int(time.time())}",
+        name=f"quality-{model}-s{seed}-{int(time.time())}",
         log_every=0,
     )
     started = time.perf_counter()
@@ -153,22 +181,28 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     truth = oracle.rename(columns={p: f"true_{p}" for p in PREDICTIONS})
-    rows = {"oracle": evaluate_frame(truth, prefix="true_")}
-    info: dict[str, dict] = {}
+    rows: dict[str, dict] = {"oracle": evaluate_frame(truth, prefix="true_")}
+    info: dict[str, list[dict]] = {}
+    per_seed: dict[str, list[dict[str, float]]] = {}
     connect_ray(TrainConfig(num_workers=bench.num_workers, ray_num_cpus=0))
-    for model in [m for m in bench.models.split(",") if m]:
-        info[model], preds = train_one(bench, lake, model)
-        joined = truth.merge(
-            preds[["impression_id", *PREDICTIONS]],
-            on="impression_id",
-            how="inner",
-            validate="1:1",
-        )
-        if len(joined) != len(truth):
-            raise SystemExit(f"{model}: {len(joined)} of {len(truth)} oracle rows predicted")
-        rows[model] = evaluate_frame(joined)
-        aucs = {k: round(rows[model][k], 4) for k in AUC_METRICS}
-        print(f"{model}: {json.dumps(aucs)} {info[model]}", flush=True)
+    for name, (model, params) in runs(bench).items():
+        seeds = []
+        for seed in range(bench.seeds):
+            run, preds = train_one(bench, lake, model, params, seed)
+            joined = truth.merge(
+                preds[["impression_id", *PREDICTIONS]],
+                on="impression_id",
+                how="inner",
+                validate="1:1",
+            )
+            if len(joined) != len(truth):
+                raise SystemExit(f"{name}: {len(joined)} of {len(truth)} oracle rows predicted")
+            seeds.append(evaluate_frame(joined))
+            info.setdefault(name, []).append(run)
+            aucs = {k: round(seeds[-1][k], 4) for k in AUC_METRICS}
+            print(f"{name} seed {seed}: {json.dumps(aucs)} {run}", flush=True)
+        rows[name] = seed_intervals(seeds)
+        per_seed[name] = seeds
     print()
     print(table(rows, info))
     report = {
@@ -177,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.platform(),
         "etl_seconds": round(etl_seconds, 1),
         "total_seconds": round(time.perf_counter() - t0, 1),
-        "metrics": rows,
+        "metrics": {
+            k: v if k == "oracle" else {m: list(c) for m, c in v.items()} for k, v in rows.items()
+        },  # model: metric -> [mean, 95% half-width]
+        "per_seed": per_seed,
         "runs": info,
     }
     Path(bench.out).parent.mkdir(parents=True, exist_ok=True)
@@ -186,12 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def table(rows: dict[str, dict[str, float]], info: dict[str, dict]) -> str:
-    """The shared result table (train/report.py), with epochs run and training seconds."""
+def table(rows: dict[str, dict], info: dict[str, list[dict]]) -> str:
+    """The shared result table (train/report.py: mean ±95% half-width over seeds), with the
+    epochs run (per seed) and the mean training seconds."""
     models = {name: m for name, m in rows.items() if name != "oracle"}
     extra = {
-        "epochs": {name: str(run["epochs_run"]) for name, run in info.items()},
-        "train s": {name: f"{run['train_seconds']:.0f}" for name, run in info.items()},
+        "epochs": {n: "/".join(str(r["epochs_run"]) for r in runs) for n, runs in info.items()},
+        "train s": {
+            n: f"{sum(r['train_seconds'] for r in runs) / len(runs):.0f}"
+            for n, runs in info.items()
+        },
     }
     return comparison_table(models, rows["oracle"], extra)
 

@@ -44,20 +44,47 @@ class GRUEncoder(nn.Module):
 
 
 class TargetAttention(nn.Module):
-    """DIN-style attention of a query (the candidate ad) over keys (the GRU states).
+    """DIN-style attention of a query (the candidate ad) over keys (GRU states or behaviors).
 
-    Scores come from an MLP over [q, k, q - k, q * k]; a masked softmax weights the keys.
-    Rows with no valid key get a zero vector."""
+    Scores come from an MLP over [q, k, q - k, q * k, side] (``side``: per-step inputs that
+    only score, e.g. behavior type and time gap, ``side_dim`` wide); the keys are weighted by a
+    masked softmax (``softmax=True``) or, as in DIN (Zhou et al. 2018), by the raw scores, which
+    keep the intensity of the match. ``project=False`` (query and key of one width, e.g. shared
+    embedding tables) compares them directly. Rows with no valid key get a zero vector."""
 
-    def __init__(self, query_dim: int, key_dim: int, hidden: Sequence[int] = (32,)):
+    def __init__(
+        self,
+        query_dim: int,
+        key_dim: int,
+        hidden: Sequence[int] = (32,),
+        softmax: bool = True,
+        side_dim: int = 0,
+        project: bool = True,
+    ):
         super().__init__()
-        self.query_proj = nn.Linear(query_dim, key_dim)
-        self.score = MLP(4 * key_dim, hidden, output_dim=1, activation_name="prelu")
+        if not project and query_dim != key_dim:
+            raise ValueError(
+                f"attention without projection needs query {query_dim} == key {key_dim}"
+            )
+        self.query_proj = nn.Linear(query_dim, key_dim) if project else nn.Identity()
+        self.score = MLP(4 * key_dim + side_dim, hidden, output_dim=1, activation_name="prelu")
+        self.softmax = softmax
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        mask: torch.Tensor,
+        side: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         q = self.query_proj(query).unsqueeze(1).expand_as(keys)
-        scores = self.score(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)
-        # finite fill (not -inf) so an all-masked row gives uniform weights, zeroed next: no NaN
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        weights = torch.softmax(scores, dim=1) * mask.to(scores.dtype)
+        inputs = [q, keys, q - keys, q * keys] + ([] if side is None else [side])
+        scores = self.score(torch.cat(inputs, dim=-1)).squeeze(-1)
+        valid = mask.to(scores.dtype)
+        if self.softmax:
+            # finite fill (not -inf): an all-masked row gives uniform weights, zeroed next
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            weights = torch.softmax(scores, dim=1) * valid
+        else:
+            weights = scores * valid
         return (weights.unsqueeze(-1) * keys).sum(dim=1)

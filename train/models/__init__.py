@@ -8,17 +8,19 @@ from etl.spec import FeatureSpec
 from train.config import resolve_config
 from train.models.base import BaseModel
 from train.models.deepfm import DeepFM
+from train.models.din import DIN
 from train.models.esmm import ESMM
 from train.models.mmoe import MMoE
 from train.models.rnn_mtl import RNNMTL
 from train.models.xdeepfm import XDeepFM
 
-MODEL_NAMES = ("deepfm", "xdeepfm", "mmoe", "esmm", "rnn_mtl")
+MODEL_NAMES = ("deepfm", "xdeepfm", "mmoe", "esmm", "din", "rnn_mtl")
 MODELS: dict[str, type[BaseModel]] = {
     "deepfm": DeepFM,
     "xdeepfm": XDeepFM,
     "mmoe": MMoE,
     "esmm": ESMM,
+    "din": DIN,
     "rnn_mtl": RNNMTL,
 }
 

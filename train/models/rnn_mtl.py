@@ -9,7 +9,13 @@ sequence field (``cate`` for ``hist_cate``, name match preferred). Embedding dot
 express such an identity match only after every id's embedding has been learned, which the
 long tail of ids never gets; the flag gives the GRU "the user just looked at this category"
 directly, and the recency of that look is what the GRU's order adds. Target attention uses the
-candidate fields as query (else every non-sequence field)."""
+candidate fields as query (else every non-sequence field).
+
+Ablation switches (train/config.py RNNMTLConfig): ``gru=false`` drops the GRU (attention over
+the step inputs only), ``match_flags=false`` drops the flags, ``explore_weight=0`` trains no
+exploration loss; ``match_position=attention`` feeds the flags beside the GRU states into the
+attention instead of into the GRU, so the GRU reads the history alone and serving can run it
+once per request for all K candidates (tests/benchmarks/bench_quality.py --ablation)."""
 
 from __future__ import annotations
 
@@ -27,6 +33,8 @@ from train.layers import (
 )
 from train.models.base import BaseModel, Logits
 
+MATCH_POSITIONS = ("gru", "attention")
+
 
 class RNNMTL(BaseModel):
     name = "rnn_mtl"
@@ -35,26 +43,26 @@ class RNNMTL(BaseModel):
 
     def __init__(self, spec: FeatureSpec, cfg: RNNMTLConfig) -> None:
         super().__init__(spec, cfg)
-        if not spec.sequence:
-            raise ValueError("rnn_mtl: the feature spec has no sequence fields to run the GRU on")
+        check_switches(spec, cfg)
         dim = cfg.embedding_dim
         self.embedding = FeatureEmbedding(spec, dim, cfg.dense_log1p)
         self.context_fields = [f.name for f in spec.fields if f.kind != "sequence"]
         self.match_pairs = candidate_pairs(spec) if cfg.match_flags else []
-        step_dim = len(spec.sequence) * dim + len(self.match_pairs)
-        self.gru = GRUEncoder(step_dim, cfg.gru_hidden, cfg.gru_layers, cfg.packed)
-        shared_in = cfg.gru_hidden + len(self.context_fields) * dim
+        flags = len(self.match_pairs)
+        self.flags_in_gru = cfg.match_position == "gru"
+        step_dim = len(spec.sequence) * dim + (flags if self.flags_in_gru else 0)
+        self.gru = (
+            GRUEncoder(step_dim, cfg.gru_hidden, cfg.gru_layers, cfg.packed) if cfg.gru else None
+        )
+        key_dim = (cfg.gru_hidden if cfg.gru else step_dim) + (0 if self.flags_in_gru else flags)
+        shared_in = (cfg.gru_hidden if cfg.gru else 0) + len(self.context_fields) * dim
         self.query_fields: list[str] = []
         if cfg.attention:
             self.query_fields = candidate_fields(spec) or self.context_fields
-            if not self.query_fields:
-                raise ValueError(
-                    "rnn_mtl: attention needs non-sequence fields; set attention=false"
-                )
             self.attention = TargetAttention(
-                len(self.query_fields) * dim, cfg.gru_hidden, cfg.attention_hidden
+                len(self.query_fields) * dim, key_dim, cfg.attention_hidden
             )
-            shared_in += cfg.gru_hidden
+            shared_in += key_dim
         mlp = cfg.mlp_options()
         self.shared = MLP(shared_in, cfg.shared_hidden, **mlp)
         self.towers = torch.nn.ModuleDict(
@@ -66,18 +74,46 @@ class RNNMTL(BaseModel):
 
     def logits(self, batch: dict[str, torch.Tensor]) -> Logits:
         embs = self.embedding(batch)
-        steps = [embs[f.name] for f in self.spec.sequence]  # S x (B, L, D)
-        for seq, cand in self.match_pairs:
-            hit = (batch[seq] == batch[cand].unsqueeze(1)) & (batch[seq] > 0)
-            steps.append(hit.unsqueeze(-1).to(steps[0].dtype))
-        steps = torch.cat(steps, dim=-1)  # (B, L, S*D + pairs)
-        states, last = self.gru(steps, sequence_lengths(batch, self.spec))
-        parts = [last] + [embs[n] for n in self.context_fields]
+        steps = torch.cat([embs[f.name] for f in self.spec.sequence], dim=-1)  # (B, L, S*D)
+        flags = self.match(batch, steps.dtype)
+        if flags is not None and self.flags_in_gru:
+            steps = torch.cat([steps, flags], dim=-1)
+        parts = [embs[n] for n in self.context_fields]
+        keys = steps
+        if self.gru is not None:  # candidate-free unless the flags are GRU inputs
+            keys, last = self.gru(steps, sequence_lengths(batch, self.spec))
+            parts.insert(0, last)
+        if flags is not None and not self.flags_in_gru:
+            keys = torch.cat([keys, flags], dim=-1)
         if self.query_fields:
             query = torch.cat([embs[n] for n in self.query_fields], dim=-1)
-            parts.append(self.attention(query, states, sequence_mask(batch, self.spec)))
+            parts.append(self.attention(query, keys, sequence_mask(batch, self.spec)))
         h = self.shared(torch.cat(parts, dim=-1))
         return tuple(self.towers[t](h).squeeze(-1) for t in ("ctr", "cvr", "views"))
+
+    def match(self, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor | None:
+        """(B, L, pairs) 0/1: does history step t hold the candidate's id (padding never)?"""
+        if not self.match_pairs:
+            return None
+        hits = [
+            (batch[seq] == batch[cand].unsqueeze(1)) & (batch[seq] > 0)
+            for seq, cand in self.match_pairs
+        ]
+        return torch.stack(hits, dim=-1).to(dtype)
+
+
+def check_switches(spec: FeatureSpec, cfg: RNNMTLConfig) -> None:
+    """ValueError (one line) for a spec or a combination of switches the model cannot run."""
+    if not spec.sequence:
+        raise ValueError("rnn_mtl: the feature spec has no sequence fields to run the GRU on")
+    if cfg.match_position not in MATCH_POSITIONS:
+        raise ValueError(f"rnn_mtl: match_position must be one of {MATCH_POSITIONS}")
+    if not cfg.gru and not cfg.attention:
+        raise ValueError("rnn_mtl: gru=false needs attention=true (nothing reads the history)")
+    if cfg.match_position == "attention" and not cfg.attention:
+        raise ValueError("rnn_mtl: match_position=attention needs attention=true")
+    if cfg.attention and not [f for f in spec.fields if f.kind != "sequence"]:
+        raise ValueError("rnn_mtl: attention needs non-sequence fields; set attention=false")
 
 
 def candidate_pairs(spec: FeatureSpec) -> list[tuple[str, str]]:

@@ -3,8 +3,9 @@
 ``comparison_run`` opens the parent run (``isrec.role`` = ``comparison``) and yields a
 ``Comparison``; ``Comparison.seed_run(seed)`` opens a child run per seed (``isrec.role`` =
 ``seed``, ``isrec.seed``) whose ``log_result`` is collected. When the block ends, the parent
-gets the mean and sample std of every test metric over the seeds (``test_<name>_mean`` /
-``test_<name>_std``, ``comparison/seeds.csv``) and, with ``register_best``, the best seed on
+gets the mean and sample std of every test metric over the seeds (``test_<name>``, the name its
+children use, so one column of the runs table covers both, and ``test_<name>_std``;
+``comparison/seeds.csv``) and the seeds' datasets; with ``register_best``, the best seed on
 ``metric`` (direction from the metric registry, train/metrics.py) is registered as the new
 challenger of ``isrec-<model>`` (tag ``isrec.best_seed_run``). A crash in a seed ends that run
 and the parent FAILED. Parents of different models sharing a ``comparison_id`` are what the UI
@@ -62,12 +63,17 @@ class Comparison:
 
     def summarize(self) -> dict[str, float]:
         """Mean and sample std (train.metrics.summarize_seeds) over seeds of every test metric,
-        logged on the parent run as test_<name>_mean / test_<name>_std."""
+        logged on the parent run as test_<name> (the mean: the children's name, so one column
+        of the runs table covers parents and children) and test_<name>_std; the seeds' data
+        inputs are logged on the parent too."""
         summary: dict[str, float] = {"n_seeds": float(len(self.seeds))}
         for name, (mean, std) in summarize_seeds([s.test_metrics for s in self.seeds]).items():
             key = f"test_{metric_key(name)}"
-            summary |= {f"{key}_mean": mean, f"{key}_std": std}
+            summary |= {key: mean, f"{key}_std": std}
         mlflow.log_metrics({k: v for k, v in summary.items() if math.isfinite(v)})
+        inputs = {d.digest: d for s in self.seeds for d in s.datasets}
+        for dataset in inputs.values():
+            mlflow.log_input(dataset, context="training")
         table = pd.DataFrame([{"run_id": s.run_id, **s.test_metrics} for s in self.seeds])
         mlflow.log_text(table.to_csv(index=False), "comparison/seeds.csv")
         return summary

@@ -1,7 +1,9 @@
 """The run's configuration as MLflow params: every ``TrainConfig`` field, flattened.
 
 Nested values become dotted params (``model_params.gru_hidden``); non-string values are logged
-as JSON (``true``, ``[64, 32]``), cut at ``MAX_PARAM_CHARS``. The whole config is also logged as
+as JSON (``true``, ``[64, 32]``), cut at ``MAX_PARAM_CHARS``. Empty values (an unset
+``ray_address``, ``tracking_uri``...) and test hooks (``hook_pid_file``, ``hook_at``) are left
+out of the params, not of the config files. The whole config is also logged as
 ``config/config.json`` and ``config/config.yaml``. ``flatten`` serves metrics too (runs.py
 flattens history rows with ``_``).
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 import mlflow
@@ -35,11 +38,22 @@ def flatten(data: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[s
     return flat
 
 
+def test_hooks() -> set[str]:
+    """TrainConfig fields hidden from --help (help None): test hooks, never params."""
+    return {
+        f.name for f in fields(TrainConfig) if "help" in f.metadata and f.metadata["help"] is None
+    }
+
+
 def log_config(config: TrainConfig) -> None:
-    """Every config value as a param (flattened), plus the whole config as JSON and YAML."""
+    """Every config value as a param (flattened) but empty ones (``ray_address`` unset...) and
+    test hooks, plus the whole config as JSON and YAML."""
     cfg = config_dict(config)
     params = {}
+    hidden = test_hooks()
     for key, value in flatten(cfg).items():
+        if key in hidden or value is None or value == "" or value == {}:
+            continue
         text = value if isinstance(value, str) else json.dumps(value)
         params[key] = text[:MAX_PARAM_CHARS]
     if params:

@@ -1,6 +1,9 @@
 """Plots of a run, logged as ``plots/*.png``: loss and AUC per epoch, ROC and calibration on test.
 
-``loss.png`` / ``auc.png`` draw every history key containing "loss" / "auc" against the epoch.
+``loss.png`` / ``auc.png`` draw every history key containing "loss" / every quality metric
+containing "auc" (not the ``*_gauc_users`` counts) against the epoch, on whole-number epoch
+ticks; the AUC axis spans 0.5-1 (wider when a value falls outside). The calibration plot's axes
+end a little above its largest point.
 ``roc.png`` and ``calibration.png`` read the test predictions (parquet: click, conversion, pctr,
 pcvr, pctcvr; sampled down to ``MAX_PLOT_ROWS``): CTR and CTCVR on all rows, CVR on clicked rows
 only. A task whose rows hold a single class is left out of both.
@@ -16,7 +19,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from train.metrics import is_quality
+
 MAX_PLOT_ROWS = 500_000
+AUC_AXIS = (0.5, 1.0)  # chance to perfect; widened when a value falls outside
 
 
 def _pyplot() -> Any:
@@ -28,15 +34,33 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_curves(rows: list[dict[str, float]], match: str, title: str) -> Any | None:
-    keys = sorted({k for r in rows for k in r if k != "epoch" and match in k})
+def curve_keys(rows: list[dict[str, float]], match: str) -> list[str]:
+    """History keys containing ``match``; for "auc" only quality metrics (train/metrics.py):
+    ``*_gauc_users`` counts are not AUCs."""
+    keys = {k for r in rows for k in r if k != "epoch" and match in k}
+    return sorted(k for k in keys if match != "auc" or is_quality(k))
+
+
+def plot_curves(
+    rows: list[dict[str, float]], match: str, title: str, ylim: tuple[float, float] | None = None
+) -> Any | None:
+    """One line per metric against the epoch (whole-number ticks); ``ylim`` widens to the data."""
+    keys = curve_keys(rows, match)
     if not keys:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(6, 4))
+    values = []
     for key in keys:
         pts = [(r["epoch"], r[key]) for r in rows if key in r]
+        values += [v for _, v in pts]
         ax.plot(*zip(*pts, strict=True), marker="o", label=key)
+    if ylim is not None and values:
+        pad = 0.02
+        ax.set_ylim(min(ylim[0], min(values) - pad), max(ylim[1], max(values) + pad))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel=match, title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -85,18 +109,35 @@ def plot_calibration(tasks: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Any:
         ax.plot(
             mean, frac, marker="o", label=f"{task} (mean p={p.mean():.4f}, rate={y.mean():.4f})"
         )
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    top = calibration_limit(tasks)
+    ax.plot([0, top], [0, top], "k--", lw=0.8)
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
     ax.set(xlabel="mean predicted probability", ylabel="observed rate", title="Calibration")
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig
 
 
+def calibration_limit(tasks: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> float:
+    """Both axes' upper end: a little above the largest binned mean or rate (rates of a few
+    percent would sit in a corner of a 0-1 square)."""
+    from sklearn.calibration import calibration_curve
+
+    top = 0.0
+    for y, p in tasks.values():
+        if len(np.unique(y)) < 2:
+            continue
+        frac, mean = calibration_curve(y, np.clip(p, 0, 1), n_bins=10, strategy="quantile")
+        top = max(top, float(frac.max()), float(mean.max()))
+    return min(1.0, top * 1.1) if top > 0 else 1.0
+
+
 def log_plots(rows: list[dict[str, float]], predictions: Path | None) -> None:
     plt = _pyplot()
     figures = {
         "plots/loss.png": plot_curves(rows, "loss", "Loss per epoch"),
-        "plots/auc.png": plot_curves(rows, "auc", "AUC per epoch"),
+        "plots/auc.png": plot_curves(rows, "auc", "AUC per epoch", ylim=AUC_AXIS),
     }
     if predictions is not None and predictions.exists():
         pred = pd.read_parquet(predictions)

@@ -12,7 +12,10 @@ records a ``train.results.TrainResult``:
 - plots (plots.py), environment (environment.py), the test predictions (tag
   ``isrec.predictions_path``; artifacts when small enough);
 - the model: the checkpoint's weights as the pyfunc model (train/pyfunc.py) with an input
-  example of real sample rows.
+  example of real sample rows, named ``<model>-s<seed>-<run id[:8]>``, logged before the metrics
+  so that the ones linked to it are the best epoch's history row and the test metrics (with the
+  samples dataset), not MLflow's default of step 0;
+- the below-chance guard (guard.py): tag ``isrec.below_chance`` and a warning.
 
 ``RunHandle.register`` then registers the logged model as a new version of ``isrec-<model>``
 with alias ``challenger`` (train/registry.py).
@@ -25,6 +28,7 @@ import json
 import logging
 import math
 import tempfile
+import time
 import traceback
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,8 +37,10 @@ from typing import Any
 
 import mlflow
 import numpy as np
-from mlflow.entities import RunStatus
+from mlflow.data.dataset import Dataset
+from mlflow.entities import Metric, RunStatus
 from mlflow.models.model import ModelInfo
+from mlflow.tracking import MlflowClient
 
 from etl import storage
 from etl.online import FeatureBundle
@@ -44,6 +50,7 @@ from train import pyfunc, registry
 from train.config import resolve_config
 from train.results import TrainResult
 from train.tracking.environment import log_environment
+from train.tracking.guard import guard_below_chance
 from train.tracking.lineage import (
     TableRead,
     example_rows,
@@ -56,6 +63,7 @@ from train.tracking.plots import log_plots
 from train.tracking.store import DEFAULT_EXPERIMENT, TAG, configure, ensure_experiment
 
 MAX_PREDICTIONS_ARTIFACT_BYTES = 20 * 1024 * 1024
+BATCH_METRICS = 1000  # MLflow's limit of metrics per log_batch
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,7 @@ class LoggedTraining:
     samples_version: int | None = None
     registered_model: str | None = None
     version: str | None = None
+    datasets: list[Dataset] = field(default_factory=list)  # inputs logged (lineage.py)
 
 
 @dataclass
@@ -91,25 +100,28 @@ class RunHandle:
         params = resolve_config(name, dict(result.config.model_params)).to_dict()
         mlflow.set_tags({f"{TAG}model": name})
         mlflow.log_params({f"model_resolved.{k}": json.dumps(v) for k, v in params.items()})
-        spec, reads = _log_data(result)
+        spec, reads, datasets = _log_data(result)
         log_environment()
-        metrics = _log_metrics_and_plots(result)
-        model_info = _log_model(result, spec, reads, name, params, beta)
+        # the model first: MLflow links the run's metrics of step 0 to a model logged after them
+        model_info = _log_model(result, spec, reads, params, beta, self.run_id)
         samples = samples_read(reads)
+        dataset = datasets[reads.index(samples)] if samples and datasets else None
+        metrics = _log_metrics_and_plots(result, model_info.model_id, dataset)
+        guard_below_chance(result)
         logged = LoggedTraining(
             self.run_id, model_info.model_uri, name, metrics, samples.version if samples else None
         )
+        logged.datasets = datasets
         self.logged.append(logged)
         return logged
 
     def register(self, logged: LoggedTraining) -> LoggedTraining:
-        """Register ``logged``'s model as the new challenger of ``isrec-<model>``; this run's
-        ``isrec.*`` tags go onto the version."""
+        """Register ``logged``'s model as the new challenger of ``isrec-<model>``; the version
+        copies a few tags of the run that logged it (train/registry.py)."""
         version = registry.register_version(
             logged.model_uri,
             logged.model_name,
             run_id=logged.run_id,
-            tags={k: v for k, v in self.tags.items() if k.startswith(TAG)},
             tracking_uri=self.tracking_uri,
         )
         logged.registered_model, logged.version = version.name, str(version.version)
@@ -159,25 +171,31 @@ def _end_failed(exc: BaseException) -> None:
 
 
 # --- lineage and model -----------------------------------------------------------------------
-def _log_data(result: TrainResult) -> tuple[FeatureSpec, list[TableRead]]:
+def _log_data(result: TrainResult) -> tuple[FeatureSpec, list[TableRead], list[Dataset]]:
     """Lineage of the result: its lake, the lake's spec, the samples version it read (the
-    spec's table versions when the result has none)."""
+    spec's table versions when the result has none) and the datasets logged for them."""
     spec = FeatureSpec.load(result.lake)
     versions = None
     if result.samples_version is not None:
         versions = {SAMPLES: int(result.samples_version)}
     reads = lineage_tables(result.lake, versions, spec)
-    log_lineage(result.lake, reads, spec)
-    return spec, reads
+    datasets = log_lineage(result.lake, reads, spec)
+    return spec, reads, datasets
+
+
+def model_name(result: TrainResult, run_id: str) -> str:
+    """The logged model's name, distinct in the experiment's model list: ``rnn_mtl-s0-1a2b3c4d``
+    (model, seed, the run's id)."""
+    return f"{result.config.model}-s{result.config.seed}-{run_id[:8]}"
 
 
 def _log_model(
     result: TrainResult,
     spec: FeatureSpec,
     reads: list[TableRead],
-    name: str,
     params: dict[str, Any],
     beta: float,
+    run_id: str,
 ) -> ModelInfo:
     ckpt = result.best_checkpoint_path
     mlflow.set_tag(f"{TAG}checkpoint", ckpt)
@@ -186,7 +204,11 @@ def _log_model(
     rows = example_rows(reads, spec)
     example = pyfunc.input_example(rows, spec) if rows is not None else None
     bundle = _feature_bundle(result.lake)
-    return pyfunc.log_pyfunc_model(name, params, state, spec, example, beta=beta, bundle=bundle)
+    model = result.config.model
+    name = model_name(result, run_id)
+    return pyfunc.log_pyfunc_model(
+        model, params, state, spec, example, beta=beta, name=name, bundle=bundle
+    )
 
 
 def _feature_bundle(lake: str) -> FeatureBundle | None:
@@ -227,18 +249,49 @@ def metric_key(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
 
 
-def log_history(rows: list[dict[str, float]]) -> None:
+def log_history(
+    rows: list[dict[str, float]],
+    best_epoch: int | None = None,
+    model_id: str | None = None,
+    dataset: Dataset | None = None,
+) -> None:
+    """Each epoch's row at ``step=epoch`` into the active run; the row of ``best_epoch`` (the
+    weights the model carries) is linked to the logged model ``model_id``. Through the client:
+    ``mlflow.log_metrics`` would link every step-0 metric to a model logged at step 0."""
+    run_id = mlflow.active_run().info.run_id
+    now = int(time.time() * 1000)
+    batch = []
     for row in rows:
         step = int(row["epoch"])
-        metrics = {metric_key(k): v for k, v in row.items() if k != "epoch"}
-        mlflow.log_metrics(metrics, step=step)
+        link: dict[str, Any] = {}
+        if step == best_epoch and model_id:
+            link = {"model_id": model_id}
+            if dataset is not None:
+                link |= {"dataset_name": dataset.name, "dataset_digest": dataset.digest}
+        batch += [
+            Metric(metric_key(k), v, now, step, **link) for k, v in row.items() if k != "epoch"
+        ]
+    client = MlflowClient()
+    for start in range(0, len(batch), BATCH_METRICS):
+        client.log_batch(run_id, metrics=batch[start : start + BATCH_METRICS])
 
 
-def _log_metrics_and_plots(result: TrainResult) -> dict[str, float]:
+def best_epoch(result: TrainResult, rows: list[dict[str, float]]) -> int | None:
+    """The epoch whose weights the model carries: the best one, else the last one."""
+    if result.best_epoch is not None:
+        return result.best_epoch
+    return int(rows[-1]["epoch"]) if rows else None
+
+
+def _log_metrics_and_plots(
+    result: TrainResult, model_id: str | None = None, dataset: Dataset | None = None
+) -> dict[str, float]:
+    """History (best epoch linked to the model), test metrics (linked), plots, predictions."""
     rows = history_rows(result.history)
-    log_history(rows)
+    log_history(rows, best_epoch(result, rows), model_id, dataset)
     metrics = float_metrics(result.test_metrics)
-    mlflow.log_metrics({f"test_{metric_key(k)}": v for k, v in metrics.items()})
+    test = {f"test_{metric_key(k)}": v for k, v in metrics.items()}
+    mlflow.log_metrics(test, model_id=model_id, dataset=dataset)
     location = result.predictions_path
     with tempfile.TemporaryDirectory(prefix="isrec-preds-") as tmp:
         try:

@@ -1,0 +1,131 @@
+"""The closed loop: the policy adapter, the report's arithmetic, the options, and a two-round,
+two-arm simulation end to end through real Spark, Ray Train and MLflow on a tiny world."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers_mlflow import PROJECT_ROOT, client_for, sqlite_uri
+
+from etl.online import FeatureBundle
+from etl.world import LoopConfig, TaobaoWorld, WorldConfig
+from train.models import build_model
+from train.policy import make_policy
+from train.sim.config import SimulateConfig
+from train.sim.ranker import ModelScorer, ModelSlatePolicy, PastEvents, read_profiles
+from train.sim.report import Rounds, final_table
+
+
+def tiny_world() -> TaobaoWorld:
+    return TaobaoWorld(WorldConfig(users=60, seed=3, days=2, history_days=1), LoopConfig(slate=8))
+
+
+def test_beta_zero_reproduces_greedy_exactly(ranker, tmp_path):
+    """incentive:0 and greedy make the same choices, so the world logs the same day."""
+    torch.manual_seed(0)
+    model = build_model("rnn_mtl", ranker.spec).eval()
+    scorer = ModelScorer(model, FeatureBundle.from_lake(ranker.lake))
+    logs = {}
+    for spec in ("greedy", "incentive:0"):
+        world, past = tiny_world(), PastEvents()
+        for day in (-1, 0):
+            past.extend(world.simulate_day(day).logs.behaviors)
+        profiles = read_profiles(str(ranker.world / "user_profile.csv"))
+        policy = ModelSlatePolicy(make_policy(spec), scorer, past, profiles)
+        logs[spec] = world.simulate_day(1, policy).logs
+    greedy, incentive = logs["greedy"], logs["incentive:0"]
+    assert greedy.impressions["user"].size > 0
+    for part in ("impressions", "behaviors"):
+        mine, theirs = getattr(greedy, part), getattr(incentive, part)
+        assert mine.keys() == theirs.keys()
+        for key in mine:
+            np.testing.assert_array_equal(mine[key], theirs[key], err_msg=f"{part}.{key}")
+    # and a policy that does differ from greedy changes the world's answer
+    world, past = tiny_world(), PastEvents()
+    for day in (-1, 0):
+        past.extend(world.simulate_day(day).logs.behaviors)
+    uniform = ModelSlatePolicy(make_policy("uniform"), None, past, {})
+    other = world.simulate_day(1, uniform).logs.impressions
+    assert not np.array_equal(other["ad"], greedy.impressions["ad"])
+
+
+def test_rounds_cumulate_and_interval():
+    rounds = Rounds(["greedy", "oracle"])
+    for seed, extra in ((0, 0.0), (1, 2.0)):
+        for r in range(3):
+            rounds.add("greedy", seed, r, {"purchases": 10.0 + extra, "impressions": 100.0})
+            rounds.add("oracle", seed, r, {"purchases": 15.0 + extra, "impressions": 100.0})
+    summary = rounds.summary("greedy")
+    assert [e["round"] for e in summary] == [0, 1, 2]
+    assert summary[0]["cum_purchases"] == 0.0  # round 0 is the common start
+    assert summary[2]["cum_purchases"] == pytest.approx(22.0)  # (20 + 24) / 2
+    # seeds 20 and 24: mean 22, std 2 sqrt 2, half-width t(0.975, 1) * std / sqrt(2) = 12.706 * 2
+    assert summary[2]["cum_purchases_ci95"] == pytest.approx(12.7062 * 2.0, rel=1e-4)
+    assert summary[2]["regret"] == pytest.approx(10.0)
+    table = final_table(rounds.to_json())
+    assert table.splitlines()[1].startswith("greedy") and "±" in table
+
+
+def test_bad_options_are_one_line_exit_2(tmp_path):
+    for args, words in (
+        (["--policies", "greedy,bogus"], "unknown policy"),
+        (["--rounds", "0"], "--rounds"),
+        (["--policies", "greedy,greedy"], "twice"),
+        (["--new-ad-share", "2"], "new-ad-share"),
+    ):
+        done = subprocess.run(
+            [sys.executable, str(PROJECT_ROOT / "jobs" / "simulate.py"), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and words in done.stderr, done.stderr
+        assert not any(tmp_path.iterdir()), "nothing written"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_two_rounds_two_arms_end_to_end(spark, tmp_path):
+    from train.sim.loop import run_simulation
+
+    uri = sqlite_uri(tmp_path)
+    cfg = SimulateConfig(
+        data_dir=str(tmp_path / "sim"),
+        policies="greedy,uniform",
+        rounds=2,
+        seeds=1,
+        users=120,
+        slate=10,
+        epochs=1,
+        eval_users=80,
+        tracking_uri=uri,
+    )
+    report = run_simulation(spark, cfg)
+    assert set(report["arms"]) == {"greedy", "uniform"}
+    for arm, entry in report["arms"].items():
+        rounds = entry["rounds"]
+        assert [r["round"] for r in rounds] == [0, 1, 2]
+        assert rounds[1]["impressions"] > 0 and rounds[2]["cum_impressions"] > 0
+        assert rounds[2]["cum_purchases"] >= rounds[1]["cum_purchases"] >= 0
+        assert 0.0 < rounds[2]["ctr_auc"] < 1.0, (arm, rounds[2])
+        assert rounds[2]["oracle_ctr_auc"] > 0.5
+    # round 0 is the same logging-policy day for both arms; round 1 differs by policy
+    g, u = report["arms"]["greedy"]["rounds"], report["arms"]["uniform"]["rounds"]
+    assert g[0]["impressions"] == u[0]["impressions"]
+    assert set(report["stages"]) >= {"world", "etl", "training", "registration", "policy"}
+    client = client_for(uri)
+    for arm in ("greedy", "uniform"):
+        versions = client.search_model_versions(f"name='isrec-sim-{arm}'")
+        assert sorted(int(v.tags["isrec.round"]) for v in versions) == [1, 2]
+        assert {v.tags["isrec.arm"] for v in versions} == {arm}
+    children = client.search_runs(
+        [client.get_run(report["mlflow_run_id"]).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{report['mlflow_run_id']}'",
+    )
+    assert len(children) == 4

@@ -1,0 +1,257 @@
+"""A quiet terminal for the quickstart: one line or bar per stage, every log in one file.
+
+``quiet(log_dir)`` sends everything the process and its children write (logging, Ray's
+forwarded worker output, spark-submit) to ``<log_dir>/quickstart-<time>.log`` by pointing file
+descriptors 1 and 2 at it, and shows on the terminal's stderr only:
+
+- one line per stage: each INFO record of the ``quickstart`` logger (world, ETL, promotion...)
+  opens a stage, closed with its duration when the next one opens;
+- one bar per training (train/progress.py's feed): epochs done and the epoch's valid AUCs;
+- warnings of the project's own loggers (``train``, ``etl``, ``quickstart``).
+
+On a terminal these are tqdm bars; otherwise (a pipe, CI) plain lines, one per event. When the
+block raises (but for SystemExit and Ctrl-C), the traceback goes to the log, the log's last lines
+and its path are printed and the block exits with SystemExit(1). Stdout is restored on exit, so what
+the caller prints afterwards (the result table, the links) goes to the real stdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from train import progress
+from train.metrics import AUC_METRICS
+from train.train_config import TrainConfig
+
+STAGE_LOGGER = "quickstart"
+OWN_LOGGERS = ("train", "etl", STAGE_LOGGER)
+PLAIN_WIDTH = 200  # cut of a plain (non-terminal) line
+TAIL_LINES = 40  # log lines shown when the run fails
+
+
+def epoch_text(row: dict[str, Any]) -> str:
+    """``valid ctr_auc 0.612 cvr_auc 0.55 ctcvr_auc 0.640`` (the epoch's valid AUCs)."""
+    aucs = [(m, row[f"valid_{m}"]) for m in AUC_METRICS if f"valid_{m}" in row]
+    if not aucs:
+        return f"train_loss {row.get('train_loss', float('nan')):.4f}"
+    return "valid " + " ".join(f"{m} {v:.3f}" for m, v in aucs)
+
+
+class Display:
+    """Stage lines and training bars on ``stream`` (tqdm on a terminal, else plain lines)."""
+
+    def __init__(self, stream: TextIO, tty: bool | None = None) -> None:
+        self.stream = stream
+        self.tty = stream.isatty() if tty is None else tty
+        self.lock = threading.RLock()
+        self.stage_text: str | None = None
+        self.stage_started = 0.0
+        self.stage_bar: Any = None
+        self.train_bar: Any = None
+        self.started = time.monotonic()
+        self._ticker: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    # --- output ------------------------------------------------------------------------------
+    def line(self, text: str) -> None:
+        with self.lock:
+            if self.tty:
+                from tqdm import tqdm
+
+                tqdm.write(text, file=self.stream)
+            else:
+                self.stream.write(text[:PLAIN_WIDTH] + "\n")
+                self.stream.flush()
+
+    def _clock(self) -> str:
+        return f"[{time.monotonic() - self.started:5.0f}s]"
+
+    # --- stages ------------------------------------------------------------------------------
+    def stage(self, text: str) -> None:
+        """Close the open stage (with its duration) and open ``text``."""
+        with self.lock:
+            self.end_stage()
+            self.stage_text, self.stage_started = text, time.monotonic()
+            if not self.tty:
+                self.line(f"{self._clock()} {text}")
+                return
+            from tqdm import tqdm
+
+            self.stage_bar = tqdm(
+                total=None, desc=f"{self._clock()} {text}", bar_format="{desc} [{elapsed}]",
+                file=self.stream, leave=True, dynamic_ncols=True,
+            )  # fmt: skip
+            self._start_ticker()
+
+    def end_stage(self, keep: bool = True) -> None:
+        with self.lock:
+            if self.stage_text is None:
+                return
+            took = time.monotonic() - self.stage_started
+            if self.stage_bar is not None:
+                self.stage_bar.leave = keep
+                self.stage_bar.close()
+            elif keep and took >= 1:
+                self.line(f"        ... done in {took:.0f}s")
+            self.stage_text, self.stage_bar = None, None
+
+    def _start_ticker(self) -> None:
+        """Refresh the elapsed time of the open stage or bar once a second (terminal only)."""
+        if self._ticker is not None:
+            return
+
+        def tick() -> None:
+            while not self._closed.wait(1.0):
+                with self.lock:
+                    for bar in (self.stage_bar, self.train_bar):
+                        if bar is not None:
+                            bar.refresh()
+
+        self._ticker = threading.Thread(target=tick, daemon=True)
+        self._ticker.start()
+
+    # --- trainings (train/progress.py's Sink) ------------------------------------------------
+    def train_started(self, cfg: TrainConfig) -> None:
+        with self.lock:
+            self.end_stage(keep=False)  # the bar stands for the "training ..." stage
+            desc = f"{self._clock()} {cfg.model} seed {cfg.seed}"
+            if not self.tty:
+                self.line(f"{desc}: training, at most {cfg.epochs} epochs")
+                return
+            from tqdm import tqdm
+
+            self.train_bar = tqdm(
+                total=cfg.epochs, desc=desc, unit="epoch", file=self.stream, leave=True,
+                bar_format="{desc} {bar:20} {n}/{total} epochs [{elapsed}] {postfix}",
+                dynamic_ncols=True,
+            )  # fmt: skip
+            self._start_ticker()
+
+    def epoch_done(self, cfg: TrainConfig, row: dict[str, Any]) -> None:
+        with self.lock:
+            text = epoch_text(row)
+            if self.train_bar is None:
+                epoch = int(row.get("epoch", 0)) + 1
+                self.line(f"        {cfg.model} epoch {epoch}/{cfg.epochs}: {text}")
+                return
+            self.train_bar.set_postfix_str(text, refresh=False)
+            self.train_bar.update(1)
+
+    def train_finished(self, cfg: TrainConfig, ok: bool) -> None:
+        with self.lock:
+            if self.train_bar is not None:
+                if not ok:
+                    self.train_bar.set_postfix_str("FAILED", refresh=False)
+                self.train_bar.close()
+                self.train_bar = None
+            elif not ok:
+                self.line(f"        {cfg.model} seed {cfg.seed}: FAILED")
+
+    def close(self) -> None:
+        with self.lock:
+            self.end_stage()
+            if self.train_bar is not None:
+                self.train_bar.close()
+                self.train_bar = None
+        self._closed.set()
+
+
+class DisplayHandler(logging.Handler):
+    """Stage records (logger ``quickstart``, INFO) open stages; the project's warnings show."""
+
+    def __init__(self, display: Display) -> None:
+        super().__init__(logging.INFO)
+        self.display = display
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: the log file has it
+            return
+        own = record.name.split(".")[0] in OWN_LOGGERS
+        if record.levelno >= logging.WARNING and own:
+            self.display.line(f"        {record.levelname.lower()}: {message}")
+        elif record.name == STAGE_LOGGER:
+            self.display.stage(message)
+
+
+def log_file(log_dir: Path, now: dt.datetime | None = None) -> Path:
+    stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return log_dir / f"quickstart-{stamp}.log"
+
+
+def tail(path: Path, lines: int = TAIL_LINES) -> str:
+    text = path.read_text(errors="replace").splitlines()
+    return "\n".join(text[-lines:])
+
+
+@contextlib.contextmanager
+def _descriptors_to(path: Path) -> Iterator[TextIO]:
+    """Point fds 1 and 2 at ``path``; yields a stream on the original stderr."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    terminal = os.fdopen(os.dup(saved[2]), "w", buffering=1)
+    with open(path, "ab", buffering=0) as out:
+        for fd in (1, 2):
+            os.dup2(out.fileno(), fd)
+        try:
+            yield terminal
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
+def _stop_ray() -> None:
+    """Shut a Ray this process started down while its output still goes to the log."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def quiet(log_dir: Path) -> Iterator[Path]:
+    """Run the block with every output in a log file and progress on the terminal (see the
+    module docstring); yields the log file's path."""
+    path = log_file(log_dir)
+    with _descriptors_to(path) as terminal:
+        display = Display(terminal)
+        display.line(f"full log: {path}")
+        handler = DisplayHandler(display)
+        logging.getLogger().addHandler(handler)
+        progress.install(display)
+        try:
+            yield path
+        except BaseException as exc:
+            if not isinstance(exc, SystemExit):
+                traceback.print_exc()  # into the log
+            _stop_ray()
+            display.close()
+            if not isinstance(exc, SystemExit | KeyboardInterrupt):
+                terminal.write(f"{tail(path)}\n\nfailed: {type(exc).__name__}: {exc}\n")
+                terminal.write(f"full log: {path}\n")
+                raise SystemExit(1) from None  # the traceback is in the tail above
+            raise
+        else:
+            _stop_ray()
+            display.close()
+        finally:
+            progress.install(None)
+            logging.getLogger().removeHandler(handler)
+            terminal.close()

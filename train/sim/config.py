@@ -1,0 +1,70 @@
+"""Options of the closed-loop simulation (jobs/simulate.py), one dataclass through etl/cli.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from etl.project import DATA_DIR
+
+
+@dataclass
+class SimulateConfig:
+    """Round 0: ``initial_days`` impression days (after ``history_days`` behavior-only days)
+    logged by the world's logging policy, the same for every arm. Each later round adds one
+    day per arm under the arm's policy with the model trained on the arm's own data so far."""
+
+    data_dir: str = field(
+        default=str(DATA_DIR / "simulate"), metadata={"help": "logs, lakes and models per arm"}
+    )
+    policies: str = field(
+        default="greedy,incentive,uniform",
+        metadata={"help": "arms, comma-separated NAME[:PARAM] (train.policy.make_policy)"},
+    )
+    rounds: int = field(default=5, metadata={"help": "rounds after round 0 (one day each)"})
+    seeds: int = field(default=3, metadata={"help": "worlds (and trainings) seeded 0..N-1"})
+    users: int = field(default=600, metadata={"help": "users of the world"})
+    scale: int = field(default=1, metadata={"help": "multiply --users (10: the scale run)"})
+    slate: int = field(default=30, metadata={"help": "candidates offered per ad slot"})
+    new_ad_share: float = field(
+        default=0.05, metadata={"help": "new ads entering the catalog each day, share of ads"}
+    )
+    initial_days: int = field(default=3, metadata={"help": "impression days of round 0"})
+    history_days: int = field(default=2, metadata={"help": "behavior-only days before day 0"})
+    model: str = field(default="rnn_mtl", metadata={"help": "model every arm trains"})
+    epochs: int = field(default=2, metadata={"help": "epochs per round"})
+    num_workers: int = field(default=1, metadata={"help": "Ray Train workers per training"})
+    max_len: int = field(default=20, metadata={"help": "history length L (ETL)"})
+    eval_users: int = field(
+        default=200, metadata={"help": "users of the fixed uniform-logged evaluation day"}
+    )
+    experiment: str = field(default="isrec-simulate", metadata={"help": "MLflow experiment"})
+    tracking_uri: str = field(
+        default="", metadata={"help": "MLflow store (default: MLFLOW_TRACKING_URI, else sqlite)"}
+    )
+
+    def validate(self) -> None:
+        from train.policy import make_policy
+
+        for name in ("rounds", "seeds", "users", "scale", "slate", "epochs", "num_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.initial_days < 2:
+            raise ValueError("--initial-days must be >= 2 (one train and one valid day)")
+        if self.history_days < 0 or self.eval_users < 1 or self.max_len < 1:
+            raise ValueError("--history-days must be >= 0, --eval-users and --max-len >= 1")
+        if not 0.0 <= self.new_ad_share <= 1.0:
+            raise ValueError(f"--new-ad-share must be in [0, 1], got {self.new_ad_share}")
+        arms = self.arm_specs()
+        if not arms:
+            raise ValueError("--policies names no policy")
+        if len(set(arms)) != len(arms):
+            raise ValueError(f"--policies names an arm twice: {','.join(arms)}")
+        for spec in arms:
+            make_policy(spec)  # ValueError with a one-line message for a bad spec
+
+    def arm_specs(self) -> list[str]:
+        return [p.strip() for p in self.policies.split(",") if p.strip()]
+
+    @property
+    def world_users(self) -> int:
+        return self.users * self.scale

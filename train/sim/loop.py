@@ -1,0 +1,190 @@
+"""``run_simulation``: seeds x rounds x arms through the real ETL, Ray Train and MLflow.
+
+Per seed: one world (``TaobaoWorld``; every arm sees the same users, catalog and session plan
+of a day, and answers only to its own policy). Round 0: ``history_days`` behavior-only days and
+``initial_days`` impression days under the world's logging policy, the same logs for every
+arm. Each round r >= 1, per arm: the ETL over the arm's days so far into the arm's lake (one
+Spark session for the whole simulation; all days but the newest train, the newest validates),
+a Ray Train run of the model from scratch, the model logged and registered in MLflow as a
+version of ``isrec-sim-<arm>`` tagged with arm, round and seed, then the arm's policy with that
+model serves day r (``initial_days - 1 + r``) of the world. Every number of the day and the
+model's quality on the seed's fixed evaluation day go to a child run of the simulation's run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from etl.config import EtlConfig
+from etl.online import FeatureBundle
+from etl.pipeline import run_etl
+from etl.spec import FeatureSpec
+from etl.world import LoopConfig, TaobaoWorld, WorldConfig
+from train.sim.arms import Arm, arm_name
+from train.sim.config import SimulateConfig
+from train.sim.measure import EvalSet, day_metrics
+from train.sim.ranker import ModelScorer, ModelSlatePolicy, read_profiles
+from train.sim.report import Rounds
+
+log = logging.getLogger(__name__)
+Stages = dict[str, float]  # stage -> seconds
+
+
+def run_simulation(spark: Any, cfg: SimulateConfig) -> dict[str, Any]:
+    """The whole experiment; returns the report (train/sim/report.py ``Rounds.to_json``)."""
+    import mlflow
+
+    from train.tracking.store import configure
+
+    configure(cfg.tracking_uri or None)
+    mlflow.set_experiment(cfg.experiment)
+    rounds, stages = Rounds(cfg.arm_specs()), dict.fromkeys(STAGES, 0.0)
+    with mlflow.start_run(run_name=f"simulate-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
+        mlflow.log_params({k: v for k, v in asdict(cfg).items() if v != ""})
+        for seed in range(cfg.seeds):
+            run_seed(spark, cfg, seed, rounds, stages)
+        report = rounds.to_json() | {"mlflow_run_id": parent.info.run_id, "stages": stages}
+        rounds.log_plots(Path(cfg.data_dir))
+        mlflow.log_dict(report, "simulation.json")
+    return report
+
+
+STAGES = ("world", "etl", "training", "registration", "policy", "evaluation")
+
+
+def run_seed(spark: Any, cfg: SimulateConfig, seed: int, rounds: Rounds, stages: Stages) -> None:
+    t0 = time.perf_counter()
+    world = TaobaoWorld(
+        WorldConfig(
+            seed=seed,
+            users=cfg.world_users,
+            days=cfg.initial_days + cfg.rounds,
+            history_days=cfg.history_days,
+        ),
+        LoopConfig(slate=cfg.slate, new_ad_share=cfg.new_ad_share),
+    )
+    root = Path(cfg.data_dir) / f"seed_{seed}"
+    arms = [Arm(spec, root / arm_name(spec)) for spec in cfg.arm_specs()]
+    for day in range(-cfg.history_days, cfg.initial_days):
+        logs = world.simulate_day(day)
+        for arm in arms:
+            arm.add_day(world, logs)
+    profiles = read_profiles(str(arms[0].raw / "user_profile.csv"))
+    round0 = day_metrics(logs, cfg.world_users, arms[0].ad_impressions)
+    shared_past = arms[0].past
+    stages["world"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluation = EvalSet.build(world, cfg.initial_days, shared_past, profiles, cfg.eval_users)
+    stages["evaluation"] += time.perf_counter() - t0
+    for arm in arms:
+        rounds.add(arm.spec, seed, 0, round0)
+    for r in range(1, cfg.rounds + 1):
+        day = cfg.initial_days - 1 + r
+        for arm in arms:
+            quality = retrain(spark, cfg, arm, seed, r, evaluation, stages)
+            t0 = time.perf_counter()
+            policy = ModelSlatePolicy(arm.policy, arm_scorer(arm), arm.past, profiles)
+            logs = world.simulate_day(day, policy)
+            arm.add_day(world, logs)
+            stages["policy"] += time.perf_counter() - t0
+            metrics = day_metrics(logs, cfg.world_users, arm.ad_impressions) | quality
+            rounds.add(arm.spec, seed, r, metrics)
+            t0 = time.perf_counter()
+            log_child(cfg, arm, seed, r, metrics)
+            stages["registration"] += time.perf_counter() - t0
+
+
+def arm_scorer(arm: Arm) -> ModelScorer | None:
+    return ModelScorer(arm.model, arm.bundle) if arm.model is not None else None
+
+
+def retrain(
+    spark: Any,
+    cfg: SimulateConfig,
+    arm: Arm,
+    seed: int,
+    round_: int,
+    evaluation: EvalSet,
+    stages: Stages,
+) -> dict[str, float]:
+    """ETL + training + registration of the arm's model for round ``round_``; its quality."""
+    from train.driver import run_training
+    from train.models import build_model
+    from train.pyfunc import load_checkpoint_state
+    from train.train_config import TrainConfig
+
+    t0 = time.perf_counter()
+    etl = EtlConfig(
+        input=str(arm.raw), output=str(arm.lake), max_len=cfg.max_len, test_days=0, valid_days=1
+    )
+    run_etl(spark, etl)
+    stages["etl"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train_cfg = TrainConfig(
+        lake=str(arm.lake),
+        model=cfg.model,
+        num_workers=cfg.num_workers,
+        epochs=cfg.epochs,
+        seed=seed * 1000 + round_,
+        track=False,
+        register=False,
+        storage_path=str(arm.root / "ray_results"),
+        name=f"{arm.name}-seed{seed}-round{round_}",
+    )
+    result = run_training(train_cfg)
+    spec = FeatureSpec.load(arm.lake)
+    model = build_model(cfg.model, spec, train_cfg.model_params)
+    model.load_state_dict(load_checkpoint_state(result.best_checkpoint_path))
+    arm.model, arm.bundle = model.eval(), FeatureBundle.from_lake(arm.lake)
+    stages["training"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    quality = evaluation.quality(ModelScorer(arm.model, arm.bundle))
+    stages["evaluation"] += time.perf_counter() - t0
+    arm.trained = (train_cfg, spec)
+    return quality | {"valid_" + k: v for k, v in _last_valid(result.history).items()}
+
+
+def _last_valid(history: list[dict[str, float]]) -> dict[str, float]:
+    last = history[-1] if history else {}
+    return {k.removeprefix("valid_"): float(v) for k, v in last.items() if k.startswith("valid_")}
+
+
+def log_child(cfg: SimulateConfig, arm: Arm, seed: int, round_: int, metrics: dict) -> None:
+    """A nested run of the arm's round: its metrics, its model logged and registered."""
+    import mlflow
+
+    from train.pyfunc import log_pyfunc_model
+    from train.registry import register_version
+
+    train_cfg, spec = arm.trained
+    tags = {"isrec.arm": arm.spec, "isrec.round": str(round_), "isrec.seed": str(seed)}
+    with mlflow.start_run(run_name=f"{arm.name}/seed{seed}/round{round_}", nested=True) as run:
+        mlflow.set_tags(tags)
+        mlflow.log_params({"arm": arm.spec, "round": round_, "seed": seed, "model": cfg.model})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
+        info = log_pyfunc_model(
+            cfg.model,
+            train_cfg.model_params,
+            arm.model.state_dict(),
+            spec,
+            bundle=arm.bundle,
+            name=f"{arm.name}-round{round_}",
+        )
+        register_version(
+            info.model_uri,
+            f"sim-{arm.name}",
+            run_id=run.info.run_id,
+            tags=tags,
+            alias=None,
+            tracking_uri=cfg.tracking_uri or None,
+        )
+    log.info("seed %d round %d %s: %s", seed, round_, arm.spec, _short(metrics))
+
+
+def _short(metrics: dict) -> str:
+    keys = ("purchases", "impressions", "further_views", "ctr_auc", "ctcvr_auc")
+    return ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
