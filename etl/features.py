@@ -175,6 +175,8 @@ class Vocabulary:
         if self.strings:
             keys, null = string_keys(values)
             pos = self._index.get_indexer(keys)
+            if len(self._ids) == 0:
+                return vocab_ids(np.full(len(keys), -1, np.int64), null)
             found = np.where(pos >= 0, self._ids[np.maximum(pos, 0)], -1)
             return vocab_ids(found, null)
         ids, null = int_ids(values, self.name)

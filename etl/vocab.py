@@ -8,6 +8,7 @@ same input gives the same ids. The ids and the encoding rule are defined in etl/
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -49,12 +50,23 @@ def vocab_sizes(vocab: DataFrame | pd.DataFrame) -> dict[str, int]:
     return {r["vocab"]: int(r["max_id"]) + 1 for r in rows}
 
 
-def vocabularies(vocab: pd.DataFrame) -> dict[str, Vocabulary]:
+class Vocabularies(dict):
+    """Vocabulary name -> features.Vocabulary; a vocabulary the train split never filled (e.g.
+    brand for user_behavior) is empty: nulls -> PAD_ID, every value -> UNKNOWN_ID, as the join
+    of ``encode_column`` gives."""
+
+    def __missing__(self, name: str) -> Vocabulary:
+        return Vocabulary(name, np.array([], dtype=object), np.array([], dtype=np.int64))
+
+
+def vocabularies(vocab: pd.DataFrame) -> Vocabularies:
     """The collected vocab table as etl.features.Vocabulary lookups (what serving applies)."""
-    return {
-        str(name): Vocabulary(str(name), part["raw"].to_numpy(object), part["id"].to_numpy())
-        for name, part in vocab.groupby("vocab")
-    }
+    return Vocabularies(
+        {
+            str(name): Vocabulary(str(name), part["raw"].to_numpy(object), part["id"].to_numpy())
+            for name, part in vocab.groupby("vocab")
+        }
+    )
 
 
 def encode_column(df: DataFrame, column: str, vocab: DataFrame, name: str, out: str) -> DataFrame:
