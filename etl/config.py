@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict, dataclass, field
+from datetime import date
 
 from etl import cli
 
@@ -68,6 +69,33 @@ class EtlConfig:
         },
     )
 
+    def validate(self) -> None:
+        """ValueError with a one-line message for the first option out of range: checked
+        before anything is read or written (etl/cli.py runs it after parsing, run_etl again)."""
+        lower = {
+            "max_len": (self.max_len, 1),
+            "min_count": (self.min_count, 1),
+            "test_days": (self.test_days, 0),
+            "valid_days": (self.valid_days, 0),
+            "negatives_per_positive": (self.negatives_per_positive, 0),
+            "rows_per_file": (self.rows_per_file, 1),
+            "min_files_per_split": (self.min_files_per_split, 1),
+            "pass_rows_per_bucket": (self.pass_rows_per_bucket, 1),
+            "max_user_behaviors": (self.max_user_behaviors, 0),
+        }
+        for name, (value, least) in lower.items():
+            if value < least:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
+        for name in ("gap_minutes", "attribution_hours"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0")
+        if not -12 <= self.tz_offset_hours <= 14:
+            raise ValueError(f"--tz-offset-hours must be in [-12, 14], got {self.tz_offset_hours}")
+        if not 0.0 <= self.max_quarantine_share <= 1.0:
+            raise ValueError("--max-quarantine-share must be in [0, 1]")
+        if self.test_start is not None:
+            check_day(self.test_start, "--test-start")
+
     @property
     def gap_seconds(self) -> int:
         return int(self.gap_minutes * 60)
@@ -78,6 +106,16 @@ class EtlConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_day(text: str, option: str) -> None:
+    """A strict YYYY-MM-DD date (2017/05/08 or 2017-5-8 would silently compare wrong)."""
+    try:
+        ok = len(text) == 10 and date.fromisoformat(text).isoformat() == text
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{option} must be a date YYYY-MM-DD, got {text!r}")
 
 
 @dataclass

@@ -79,6 +79,7 @@ class EtlSummary:
 
 def run_etl(spark: SparkSession, cfg: EtlConfig) -> EtlSummary:
     started = time.time()
+    cfg.validate()
     summary = EtlSummary(source=cfg.source, lake=cfg.output)
     data = load_source(spark, cfg.source, storage.spark_uri(cfg.input), source_config(cfg))
     summary.reports = data.reports
@@ -91,6 +92,11 @@ def run_etl(spark: SparkSession, cfg: EtlConfig) -> EtlSummary:
             report.quarantined,
         )
     check_reconciliation(data.reports, cfg.max_quarantine_share)
+    splits = None
+    if data.wide_samples is None:  # the splits before the first write: a bad one writes nothing
+        if data.impressions is None:
+            raise InputError(f"{cfg.source}: the input holds no impressions to build samples from")
+        splits = _splits(_keyed_impressions(data.impressions, cfg.tz_offset_hours), cfg)
     write = _writer(spark, cfg, summary)
     for name, df in data.bronze.items():
         write(df, name, None)
@@ -98,7 +104,7 @@ def run_etl(spark: SparkSession, cfg: EtlConfig) -> EtlSummary:
     if data.wide_samples is not None:
         spec = build_wide_samples(spark, data.wide_samples, cfg, write)
     else:
-        spec = _build_session_tables(spark, data, cfg, write, summary)
+        spec = _build_session_tables(spark, data, cfg, write, summary, splits)
     data.unpersist()
     spec.tables = dict(summary.versions)
     spec.save(cfg.output)
@@ -130,11 +136,14 @@ def _writer(spark: SparkSession, cfg: EtlConfig, summary: EtlSummary):
 
 
 def _build_session_tables(
-    spark: SparkSession, data: SourceData, cfg: EtlConfig, write, summary: EtlSummary
+    spark: SparkSession,
+    data: SourceData,
+    cfg: EtlConfig,
+    write,
+    summary: EtlSummary,
+    splits: Splits,
 ) -> FeatureSpec:
     tz = cfg.tz_offset_hours
-    if data.impressions is None:
-        raise InputError(f"{cfg.source}: the input holds no impressions to build samples from")
     behaviors = data.behaviors
     if behaviors is None:  # e.g. the joined FuxiCTR slice: impressions without a behavior log
         behaviors = spark.createDataFrame([], BEHAVIORS)
@@ -144,7 +153,6 @@ def _build_session_tables(
     heavy = heavy_users(sessions, cfg.max_user_behaviors)
     summary.stats["capped_users"] = float(len(heavy))
     impressions = _keyed_impressions(data.impressions, tz)
-    splits = _splits(impressions, cfg)
     # The ads exactly as joined: the ad table a model ships for online features (etl/online.py).
     ads = write(_one_row_per_key(data.ads, ADS, "ad_id"), AD_TABLE, None)
     enriched = (
@@ -226,7 +234,13 @@ def _keyed_impressions(raw: DataFrame, tz: int) -> DataFrame:
 
 def _splits(impressions: DataFrame, cfg: EtlConfig) -> Splits:
     days = [r["day"].isoformat() for r in impressions.select("day").distinct().collect()]
-    return assign_splits(days, cfg.test_days, cfg.valid_days, cfg.test_start)
+    splits = assign_splits(days, cfg.test_days, cfg.valid_days, cfg.test_start)
+    if cfg.test_start and not splits.test:
+        raise InputError(
+            f"--test-start {cfg.test_start} is after the last impression day {max(days)}: "
+            "the test split would be empty"
+        )
+    return splits
 
 
 def _one_row_per_key(df: DataFrame | None, schema, key: str) -> DataFrame:
