@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from etl.errors import SetupError
 from etl.project import PROJECT_ROOT
 from etl.storage import s3_endpoint, s3_region
 
@@ -223,7 +224,7 @@ def _check_delta_loaded(spark: SparkSession) -> None:
             jvm.Thread.currentThread().getContextClassLoader(),
         )
     except Exception as exc:  # py4j wraps ClassNotFoundException
-        raise RuntimeError(
+        raise SetupError(
             f"Delta Lake jars are not on the Spark classpath: pass --packages {DELTA_PACKAGE} "
             f"(or --jars {','.join(str(p) for p in delta_jar_paths())}) to spark-submit"
         ) from exc

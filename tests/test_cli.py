@@ -98,9 +98,10 @@ def test_help_names_the_differing_quickstart_defaults() -> None:
     quick, train = run_job("quickstart", "--help").stdout, run_job("train", "--help").stdout
     etl = run_job("etl", "--help").stdout
     for flag in ("--batch-size", "--lr"):
-        assert flag_help(quick, flag).split("(default:")[1] == flag_help(train, flag).split(
-            "(default:"
-        )[1]
+        assert (
+            flag_help(quick, flag).split("(default:")[1]
+            == flag_help(train, flag).split("(default:")[1]
+        )
     assert "(default: 3)" in flag_help(quick, "--epochs")
     assert "(default: 5)" in flag_help(train, "--epochs")
     assert "(default: 20)" in flag_help(quick, "--max-len")

@@ -3,6 +3,7 @@ job) and leaves a good lake exactly as it was."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -55,3 +56,57 @@ def test_bad_splits_fail_before_any_write(spark, tmp_path):
         assert after == before, test_start
         assert (lake / "_feature_spec.json").read_text() == spec_before
     assert FeatureSpec.load(lake).tables["samples"] == before["samples"]
+
+
+def spark_submit_etl(raw, lake, jars: bool) -> subprocess.CompletedProcess:
+    from etl.spark import delta_jar_paths
+
+    venv = ROOT / ".venv" / "bin"
+    cmd = [str(venv / "spark-submit"), "--master", "local[1]"]
+    if jars:
+        cmd += ["--jars", ",".join(map(str, delta_jar_paths()))]
+    cmd += [str(ROOT / "jobs" / "etl.py"), "--input", str(raw), "--output", str(lake)]
+    env = {
+        **os.environ,
+        "PATH": f"{venv}:{os.environ['PATH']}",
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+    }
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def error_lines(done: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in (done.stdout + done.stderr).splitlines() if "error:" in line]
+
+
+def test_spark_and_delta_user_errors_are_one_line(tmp_path):
+    raw = tmp_path / "raw"
+    generate_world(raw, users=30, seed=1)
+    (tmp_path / "afile").write_text("not a folder\n")
+    under_a_file = spark_submit_etl(raw, tmp_path / "afile" / "lake", jars=True)
+    assert under_a_file.returncode == 2, under_a_file.stderr[-3000:]
+    assert error_lines(under_a_file) == [
+        f"error: cannot create the Delta table there: Cannot create file:{tmp_path}/afile/lake/"
+        "bronze_raw_sample/_delta_log"
+    ]
+    assert "Traceback" not in under_a_file.stdout + under_a_file.stderr
+    no_jars = spark_submit_etl(raw, tmp_path / "lake", jars=False)
+    assert no_jars.returncode == 2, no_jars.stderr[-3000:]
+    (line,) = error_lines(no_jars)
+    assert "Delta Lake jars are not on the Spark classpath" in line and "--packages" in line
+    assert "Traceback" not in no_jars.stdout + no_jars.stderr
+    assert not (tmp_path / "lake").exists()
+
+
+def test_user_cause_of_a_java_message():
+    from etl.errors import user_cause
+
+    java = (
+        "An error occurred while calling o12.save.\n"
+        ": org.apache.spark.sql.delta.DeltaIOException: [DELTA_CANNOT_CREATE_LOG_PATH] Cannot "
+        "create file:/x/_delta_log\n\tat org.apache.spark.sql.delta.X(X.scala:1)"
+    )
+    assert user_cause(RuntimeError(java)) == (
+        "cannot create the Delta table there: Cannot create file:/x/_delta_log"
+    )
+    assert user_cause(RuntimeError("NullPointerException in the planner")) is None
