@@ -75,7 +75,16 @@ def train_tiny(
     torch.manual_seed(seed)
     net = build_model(model, spec, PARAMS if model == MODEL else {"embedding_dim": 4})
     opt = torch.optim.Adam(net.parameters(), lr=0.02)
-    train = to_tensors(frame[frame.split == "train"], spec)
+    train_frame = frame[frame.split == "train"]
+    clicks = max(float(train_frame.click.sum()), 1.0)
+    net.set_priors(  # as the worker does (train.data.label_priors), from the same rows
+        {
+            "ctr": float(train_frame.click.mean()),
+            "cvr": float(train_frame.conversion.sum()) / clicks,
+            "views": float(train_frame.n_future_views.mean()),
+        }
+    )
+    train = to_tensors(train_frame, spec)
     valid_frame = frame[frame.split == "valid"]
     valid = to_tensors(valid_frame, spec)
     rows = []
