@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from etl.online import RankRequest
 from etl.world import PIDS, DayLogs, TaobaoWorld
 from train.policy import Uniform
-from train.sim.ranker import ModelScorer, ModelSlatePolicy, PastEvents, events_of
+from train.sim.ranker import ModelScorer, ModelSlatePolicy, PastEvents, served_request
 
 MIN_IMPRESSIONS = 5  # an ad "has data" from this many impressions on
 
@@ -64,13 +64,14 @@ class EvalSet:
             mine = by_user.get(int(user), today.iloc[:0])
             before = mine[mine["time_stamp"] < ts]
             requests.append(
-                RankRequest(
-                    user_id=int(user),
-                    time=int(ts),
-                    candidates=[int(twin.catalog.ad_ids[ad])],
-                    pid=PIDS[int(pid)],
-                    events=events_of(past.of(int(user)), before),
-                    profile=profiles.get(int(user)),
+                served_request(
+                    int(user),
+                    int(ts),
+                    [int(twin.catalog.ad_ids[ad])],
+                    PIDS[int(pid)],
+                    past,
+                    before,
+                    profiles,
                 )
             )
         return cls(

@@ -59,6 +59,27 @@ def events_of(past: pd.DataFrame, today: pd.DataFrame) -> dict[str, np.ndarray]:
     }
 
 
+def served_request(
+    user: int,
+    time: int,
+    candidates: Any,
+    pid: str,
+    past: PastEvents,
+    today: pd.DataFrame,
+    profiles: dict[int, dict[str, Any]],
+) -> RankRequest:
+    """The raw request a shop would send: ``user``'s earlier days from ``past``, then
+    ``today``'s behaviors before the request, and the user's profile."""
+    return RankRequest(
+        user_id=user,
+        time=time,
+        candidates=candidates,
+        pid=pid,
+        events=events_of(past.of(user), today),
+        profile=profiles.get(user),
+    )
+
+
 class ModelScorer:
     """pctcvr, expected_views, pctr and pcvr of ``[m, K]`` candidates from the served features."""
 
@@ -116,13 +137,14 @@ class ModelSlatePolicy:
         groups = dict(iter(rows)) if rows is not None else {}
         users, times, pids = request.user_ids, request.time, request.pid_names
         return [
-            RankRequest(
-                user_id=int(users[i]),
-                time=int(times[i]),
-                candidates=request.ad_ids[i],
-                pid=str(pids[i]),
-                events=events_of(self.past.of(int(users[i])), groups.get(i, today.iloc[:0])),
-                profile=self.profiles.get(int(users[i])),
+            served_request(
+                int(users[i]),
+                int(times[i]),
+                request.ad_ids[i],
+                str(pids[i]),
+                self.past,
+                groups.get(i, today.iloc[:0]),
+                self.profiles,
             )
             for i in range(request.size)
         ]
