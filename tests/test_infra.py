@@ -821,13 +821,15 @@ def test_dockerfile_installs_the_lock_before_the_code():
     (partial,) = [i for i in code if i < jar_step]
     assert index[partial][1].split()[:-1] == [
         "etl/__init__.py",
+        "etl/errors.py",
         "etl/project.py",
         "etl/storage.py",
         "etl/spark.py",
     ]
-    # Those four are all etl.spark imports of the project.
+    # Those are all etl.spark imports of the project (etl.errors imports none).
     imports = set(re.findall(r"^from (etl\.\w+) import", (ROOT / "etl/spark.py").read_text(), re.M))
-    assert imports == {"etl.project", "etl.storage"}
+    assert imports == {"etl.errors", "etl.project", "etl.storage"}
+    assert not re.search(r"^from (etl|train)\b", (ROOT / "etl/errors.py").read_text(), re.M)
 
 
 def locked() -> dict[str, str]:
