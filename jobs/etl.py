@@ -21,10 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("py4j").setLevel(logging.WARNING)  # no chatter after a one-line error
     from etl.errors import run_cli
 
-    return run_cli(lambda: _run(cfg, spark.master))
+    return run_cli(lambda: _run(cfg, spark.master), user_errors=(ValueError,))
 
 
 def _run(cfg: EtlConfig, master: str | None) -> int:
@@ -32,6 +31,8 @@ def _run(cfg: EtlConfig, master: str | None) -> int:
     from etl.pipeline import run_etl
     from etl.spark import get_spark
 
+    if not storage.is_uri(cfg.input) and not Path(cfg.input).exists():  # one line before Spark
+        raise FileNotFoundError(f"{cfg.source}: input path not found: {cfg.input}")
     object_store = storage.is_s3(cfg.input) or storage.is_s3(cfg.output)
     spark = get_spark("isrec-etl", master=master, object_store=object_store)
     summary = run_etl(spark, cfg)

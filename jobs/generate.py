@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from etl import cli  # noqa: E402
+from etl.errors import run_cli  # noqa: E402
 from etl.world import write_world  # noqa: E402
 from etl.world.ali_ccp_writer import write_ali_ccp_world  # noqa: E402
 from etl.world.generate_config import GenerateConfig  # noqa: E402
@@ -43,10 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if cfg.format == "ali_ccp":
-        write_ali_ccp_world(cfg.world(), cfg.out)
-    else:
-        write_world(cfg.world(), cfg.out)
+    return run_cli(lambda: _write(cfg))
+
+
+def _write(cfg: GenerateConfig) -> int:
+    write = write_ali_ccp_world if cfg.format == "ali_ccp" else write_world
+    write(cfg.world(), cfg.out)
     return 0
 
 

@@ -20,11 +20,13 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # stderr: the error line alone
 _JOBS = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _JOBS]
 sys.path.insert(0, str(_JOBS.parent))
 
 from etl.cli import parse  # noqa: E402
+from etl.errors import run_cli  # noqa: E402
 from train.rank_config import RankConfig  # noqa: E402
 
 
@@ -33,13 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse(RankConfig, argv, description=__doc__.split("\n")[0])
     from train.rank import RankError, rank_file
 
-    try:
-        response = rank_file(cfg)
-    except RankError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(response))
-    return 0
+    return run_cli(lambda: print(json.dumps(rank_file(cfg))) or 0, user_errors=(RankError,))
 
 
 if __name__ == "__main__":

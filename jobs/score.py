@@ -42,20 +42,23 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     cfg = parse_args(argv)
-    ranker = None
-    if cfg.policy:
-        from train.rank import RankError, slate_ranker
+    from etl.errors import run_cli
+    from train.rank import RankError
 
-        try:
-            ranker = slate_ranker(cfg.policy, cfg.beta, cfg.seed)
-        except RankError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    return run_cli(lambda: _run(cfg), user_errors=(RankError, ValueError))
+
+
+def _run(cfg: ScoreConfig) -> int:
     from etl import storage
+    from etl.delta_log import latest_version
     from etl.score import rank_sessions, score_samples
     from etl.spark import get_spark
+    from etl.tables import SAMPLES
+    from train.rank import slate_ranker
     from train.tracking.store import configure
 
+    ranker = slate_ranker(cfg.policy, cfg.beta, cfg.seed) if cfg.policy else None
+    latest_version(storage.join(cfg.lake, SAMPLES))  # no samples table: one line before Spark
     configure(cfg.tracking_uri)
     object_store = storage.is_s3(cfg.lake) or storage.is_s3(cfg.output or "")
     spark = get_spark("isrec-score", object_store=object_store)

@@ -31,10 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
+    from etl.errors import run_cli
+
+    return run_cli(lambda: _run(cfg))
+
+
+def _run(cfg: SimulateConfig) -> int:
+    from etl.errors import require_dir
     from etl.spark import get_spark
     from train.sim.loop import run_simulation
     from train.sim.report import final_table
 
+    require_dir(cfg.data_dir, "--data-dir")  # before Spark, Ray and MLflow start
     spark = get_spark("isrec-simulate")
     try:
         report = run_simulation(spark, cfg)

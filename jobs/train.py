@@ -22,22 +22,25 @@ _JOBS = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _JOBS]
 sys.path.insert(0, str(_JOBS.parent))
 
-from train.train_config import parse_config  # noqa: E402
+from train.train_config import TrainConfig, parse_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
-    from train.driver import train_and_log  # torch and Ray once the options are good
-    from train.preflight import ConfigError, preflight
+    from etl.errors import run_cli
+    from train.preflight import ConfigError  # torch and Ray once the options are good
 
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
-    try:
-        preflight(cfg)  # one clear line for a bad lake, spec or model, before Ray or MLflow
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _run(cfg), user_errors=(ConfigError,))
+
+
+def _run(cfg: TrainConfig) -> int:
+    from train.driver import train_and_log
+    from train.preflight import preflight
+
+    preflight(cfg)  # one clear line for a bad lake, spec or model, before Ray or MLflow
     result = train_and_log(cfg)
     print(json.dumps(result.to_json()), flush=True)
     return 0

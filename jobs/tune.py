@@ -24,22 +24,25 @@ _JOBS = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _JOBS]
 sys.path.insert(0, str(_JOBS.parent))
 
-from train.tune_config import parse_tune_config  # noqa: E402
+from train.train_config import TrainConfig  # noqa: E402
+from train.tune_config import TuneJobConfig, parse_tune_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     base, search = parse_tune_config(argv)
+    from etl.errors import run_cli
     from train.preflight import ConfigError  # torch and Ray once the options are good
-    from train.tune import check, run_tune
 
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
-    try:
-        plan = check(base, search)  # one clear line before Ray or MLflow starts
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _run(base, search), user_errors=(ConfigError,))
+
+
+def _run(base: TrainConfig, search: TuneJobConfig) -> int:
+    from train.tune import check, run_tune
+
+    plan = check(base, search)  # one clear line before Ray or MLflow starts
     result = run_tune(plan)
     print(json.dumps(result.to_json()), flush=True)
     return 0

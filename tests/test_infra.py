@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import socket
@@ -741,7 +742,7 @@ def test_each_role_has_its_own_bucket_key():
                     uses.setdefault(source["secretRef"]["name"], set()).add(where.split(":")[1])
     for app in docs_of("SparkApplication"):
         refs = {v.split(":")[0] for k, v in app["spec"]["sparkConf"].items() if "secretKeyRef" in k}
-        assert refs == {"isrec-s3-lake"}
+        assert {r for r in refs if r.startswith("isrec-s3")} == {"isrec-s3-lake"}
     assert uses["isrec-s3-mlflow"] == {"Deployment/mlflow"}
     assert all(w.startswith(("RayCluster/", "RayJob/")) for w in uses["isrec-s3-lake"])
     assert uses["isrec-s3-admin"] == {"Job/isrec-s3-buckets"}
@@ -1089,6 +1090,7 @@ def cluster_env(tmp_path):
         "ISREC_CLUSTER_DIR": str(tmp_path / "cluster"),
         "ISREC_PYTHON": sys.executable,
         "ISREC_START_TIMEOUT": "300",
+        "ISREC_MLFLOW_ADMIN_PASSWORD": "e2e-" + secrets.token_urlsafe(16),  # basic auth
     }
     return env
 
@@ -1242,7 +1244,11 @@ def test_cluster_modes_end_to_end(cluster_env, tmp_path):
 
         # --- 3. training with `ray job submit` on the two-node Ray cluster -----------------------
         job_id = f"isrec-e2e-{os.getpid()}-{master}"
-        runtime_env = {"excludes": UPLOAD_EXCLUDES}
+        # A submitted job gets the cluster's environment, not the submitter's: the MLflow
+        # credentials travel in its runtime env.
+        credentials = {k: v for k, v in client_env.items() if k.startswith("MLFLOW_TRACKING_")}
+        assert set(credentials) >= {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+        runtime_env = {"excludes": UPLOAD_EXCLUDES, "env_vars": credentials}
         train = [str(bin_dir / "ray"), "job", "submit", "--address", ray_url]
         train += ["--submission-id", job_id, "--working-dir", str(ROOT)]
         train += ["--runtime-env-json", json.dumps(runtime_env), "--"]
@@ -1273,6 +1279,8 @@ def test_cluster_modes_end_to_end(cluster_env, tmp_path):
         # --- 4. the run and the registered model in the MLflow server ---------------------------
         from mlflow import MlflowClient
 
+        assert http(f"{mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1")[0] == 401
+        os.environ.update(credentials)  # this process is a client too (removed below)
         mlflow = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
         experiment = mlflow.get_experiment_by_name("isrec-e2e")
         assert experiment is not None
@@ -1293,6 +1301,8 @@ def test_cluster_modes_end_to_end(cluster_env, tmp_path):
         assert (state / "mlflow" / "mlflow.db").is_file()
         assert any((state / "mlflow" / "artifacts").rglob("MLmodel"))
     finally:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(key, None)
         if not pids:
             pids = recorded_services(state)
         stopped = run_script("all.sh", "stop", env)

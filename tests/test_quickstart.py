@@ -6,6 +6,7 @@ and, quickly, its table (train/report.py) and the training options it hands on.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -15,9 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("esmm", "rnn_mtl")
+TERMINAL_LINE = re.compile(r"full log: \S+|\[ *\d+s\] .+|        (\w+ seed \d+: .+|warning: .+)")
 
 
-def run_quickstart(data_dir: Path) -> subprocess.CompletedProcess:
+def run_quickstart(data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [
         sys.executable,
         str(ROOT / "jobs" / "quickstart.py"),
@@ -31,6 +33,7 @@ def run_quickstart(data_dir: Path) -> subprocess.CompletedProcess:
         "1",
         "--models",
         ",".join(MODELS),
+        *extra,
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=1500, cwd=ROOT)
 
@@ -54,8 +57,13 @@ def delta_commits(lake: Path) -> int:
 def test_quickstart_end_to_end_then_reuse(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    first = run_quickstart(tmp_path)
+    first = run_quickstart(tmp_path, "--result-json", str(tmp_path / "quickstart.json"))
     assert first.returncode == 0, first.stderr[-3000:]
+    terminal = first.stderr.splitlines()  # only these shapes: no library output leaks through
+    assert all(TERMINAL_LINE.fullmatch(line) for line in terminal), first.stderr[-3000:]
+    for model in MODELS:  # one stage line and one line of its epochs per training
+        assert sum(f"] training {model} with" in line for line in terminal) == 1
+        assert sum(line.startswith(f"        {model} seed 0: 1/1 epochs") for line in terminal) == 1
     rows = table_rows(first.stdout)
     assert set(rows) == {*MODELS, "oracle"}, first.stdout
     for name in MODELS:  # 5 metric means (each followed by "±std") + 3 gaps to the oracle
@@ -64,6 +72,10 @@ def test_quickstart_end_to_end_then_reuse(tmp_path: Path) -> None:
         assert 0.0 < ctr_auc < 1.0
         assert gap_ctr == pytest.approx(rows["oracle"][0] - ctr_auc, abs=2e-4)
     assert "MLflow UI:" in first.stdout and "--host 127.0.0.1" in first.stdout
+    result = json.loads((tmp_path / "quickstart.json").read_text())
+    assert set(result["rows"]) == set(MODELS) and result["seconds"]["etl"] > 0
+    for name in MODELS:  # the JSON holds what the table prints
+        assert round(result["rows"][name]["ctr_auc"][0], 4) == rows[name][0]
 
     lake = next((tmp_path / "lake").iterdir())
     commits = delta_commits(lake)
@@ -82,6 +94,7 @@ def test_quickstart_end_to_end_then_reuse(tmp_path: Path) -> None:
         "reusing generated world",
         "reusing lake",
         *(f"reusing trained {m}" for m in MODELS),
+        "reusing the oracle's metrics",
     ):
         assert line in second.stderr, second.stderr[-3000:]
     assert "ETL: " not in second.stderr  # no spark-submit the second time
@@ -137,3 +150,25 @@ def test_quickstart_trains_with_the_job_defaults(monkeypatch, tmp_path: Path) ->
         job.loader,
         job.eval_batch_size,
     )
+
+
+def test_result_report_and_json(tmp_path: Path) -> None:
+    from train.quickstart import QuickstartConfig, QuickstartResult
+
+    seconds = {"world": 2.0, "etl": 100.04, "train esmm": 50.0, "promote esmm": 1.0}
+    result = QuickstartResult(ROWS, ORACLE, tmp_path, "sqlite:///s.db", seconds, (1.5, 3.0))
+    assert result.report().startswith(TABLE + "\n\nfinished in 153s; lake ")
+    cfg = QuickstartConfig(users=200, models="esmm")
+    data = json.loads(json.dumps(result.to_json(cfg)))  # plain JSON
+    assert data["command"] == "python jobs/quickstart.py --users 200 --models esmm"
+    assert data["seconds"]["etl"] == 100.0 and data["total_seconds"] == 153.0
+    assert data["rows"]["esmm"]["ctr_auc"] == [0.61234, 0.01]
+    assert data["load_1min"] == {"start": 1.5, "end": 3.0} and data["config"]["users"] == 200
+
+
+def test_result_json_folder_is_checked_first(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "jobs" / "quickstart.py"), "--data-dir", str(tmp_path)]
+    bad = str(tmp_path / "missing" / "q.json")
+    done = subprocess.run([*command, "--result-json", bad], capture_output=True, text=True)
+    assert done.returncode == 2 and "--result-json: no such folder" in done.stderr, done.stderr
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "raw").exists()

@@ -17,7 +17,7 @@ import pytest
 from helpers_mlflow import PROJECT_ROOT, mlflow_env, post_invocations, serve_model
 from helpers_requests import BAD_REQUESTS, world_request
 
-from train import pyfunc
+from train import pyfunc, serving
 from train.tracking.store import configure
 
 SLATE = 12
@@ -64,6 +64,26 @@ def test_raw_requests_score_like_the_samples_rows(ranker, model, requests_) -> N
         )
         for key in ("pctr", "pcvr", "pctcvr", "expected_views"):
             assert shown[key] == pytest.approx(float(expected[key][row]), abs=1e-6), key
+
+
+def test_requests_scored_together_equal_one_at_a_time(model, requests_) -> None:
+    """One forward pass for the whole batch (the GRU once per distinct history row) gives
+    what scoring each request alone gives."""
+    inner = model.unwrap_python_model()
+    parsed = serving.parse_requests(frame_of(requests_))
+    together = serving.SlateScorer(inner.model, inner.bundle)(parsed)
+    alone = serving.SlateScorer(inner.model, inner.bundle, max_rows=1)(parsed)
+    assert len(together) == len(alone) == len(requests_)
+    for a, b, request in zip(together, alone, requests_, strict=True):
+        assert len(a["pctr"]) == len(request["candidates"]) > 1
+        for key in serving.SCORED:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-7)
+
+
+def test_chunks_of_requests() -> None:
+    assert serving._chunks([3, 3, 3], 6) == [[0, 1], [2]]
+    assert serving._chunks([7, 2, 2], 6) == [[0], [1, 2]]
+    assert serving._chunks([], 6) == []
 
 
 def test_policies_rank_the_slate(model, requests_) -> None:

@@ -48,13 +48,16 @@ def test_bad_requests_name_the_problem(change, params, words) -> None:
 def test_rank_orders_by_the_policy_and_reports_propensities() -> None:
     (request,), _ = parse(good_request())
 
-    def scores(_request):
-        return {
-            "pctr": np.array([0.1, 0.2, 0.3]),
-            "pcvr": np.array([0.5, 0.5, 0.1]),
-            "pctcvr": np.array([0.05, 0.10, 0.03]),
-            "expected_views": np.array([0.0, 0.0, 4.0]),
-        }
+    def scores(requests):
+        return [
+            {
+                "pctr": np.array([0.1, 0.2, 0.3]),
+                "pcvr": np.array([0.5, 0.5, 0.1]),
+                "pctcvr": np.array([0.05, 0.10, 0.03]),
+                "expected_views": np.array([0.0, 0.0, 4.0]),
+            }
+            for _ in requests
+        ]
 
     (greedy,) = serving.rank([request], serving.parse_params({}), scores)
     assert [r["ad_id"] for r in greedy["ranking"]] == [12, 11, 13]

@@ -53,6 +53,46 @@ def test_beta_zero_reproduces_greedy_exactly(ranker, tmp_path):
     assert not np.array_equal(other["ad"], greedy.impressions["ad"])
 
 
+def test_off_policy_recorder_estimates_without_moving_the_world(ranker):
+    """The recorder sees every slate of the softmax day for each target: the world's day is
+    the same with it, the logging policy as its own target gets IPS = the day's mean purchase
+    exactly, and uniform's true value is the slates' mean truth."""
+    from train.sim.offpolicy import OffPolicyRecorder, with_errors
+
+    torch.manual_seed(0)
+    scorer = ModelScorer(
+        build_model("rnn_mtl", ranker.spec).eval(), FeatureBundle.from_lake(ranker.lake)
+    )
+    profiles = read_profiles(str(ranker.world / "user_profile.csv"))
+    days = {}
+    for record in (False, True):
+        world, past = tiny_world(), PastEvents()
+        for day in (-1, 0):
+            past.extend(world.simulate_day(day).logs.behaviors)
+        logging = ModelSlatePolicy(make_policy("softmax:0.05"), scorer, past, profiles)
+        policy = logging
+        if record:
+            targets = {
+                name: ModelSlatePolicy(make_policy(name), scorer, past, profiles)
+                for name in ("softmax:0.05", "greedy", "uniform")
+            }
+            policy = recorder = OffPolicyRecorder(logging, targets)
+        days[record] = world.simulate_day(1, policy).logs.impressions
+    for key in days[False]:
+        np.testing.assert_array_equal(days[False][key], days[True][key], err_msg=key)
+    imp = days[True]
+    assert imp["user"].size > 20
+    found = recorder.estimates(imp)
+    assert set(found) == {"softmax:0.05", "greedy", "uniform"}
+    assert found["softmax:0.05"]["ope_ips"] == pytest.approx(imp["conversion"].mean())
+    truth = np.concatenate(recorder.true_value)
+    assert found["uniform"]["ope_truth"] == pytest.approx(truth.mean(axis=1).mean())
+    assert all(np.isfinite(v) for est in found.values() for v in est.values())
+    errors = with_errors(found["greedy"], 0.5)
+    assert errors["ope_dr_error"] == pytest.approx(found["greedy"]["ope_dr"] - 0.5)
+    assert errors["ope_dr_sq_error"] == pytest.approx(errors["ope_dr_error"] ** 2)
+
+
 def test_rounds_cumulate_and_interval():
     rounds = Rounds(["greedy", "oracle"])
     for seed, extra in ((0, 0.0), (1, 2.0)):
@@ -70,12 +110,28 @@ def test_rounds_cumulate_and_interval():
     assert table.splitlines()[1].startswith("greedy") and "±" in table
 
 
+def test_data_effect_arm_spec():
+    from train.sim.arms import Arm, arm_name, split_spec
+
+    assert split_spec("incentive:0.5@greedy") == ("incentive:0.5", "greedy")
+    assert split_spec("softmax:0.1") == ("softmax:0.1", None)
+    assert arm_name("incentive:0.5@greedy") == "incentive-0.5-on-greedy"
+    arm = Arm("incentive:0.5@greedy", PROJECT_ROOT)
+    assert arm.trains_on == "greedy" and arm.policy.name.startswith("incentive")
+    SimulateConfig(policies="greedy,incentive@greedy").validate()
+    with pytest.raises(ValueError, match="trains on 'greedy@uniform'"):
+        SimulateConfig(policies="uniform,greedy@uniform,incentive@greedy@uniform").validate()
+
+
 def test_bad_options_are_one_line_exit_2(tmp_path):
     for args, words in (
         (["--policies", "greedy,bogus"], "unknown policy"),
         (["--rounds", "0"], "--rounds"),
         (["--policies", "greedy,greedy"], "twice"),
         (["--new-ad-share", "2"], "new-ad-share"),
+        (["--policies", "greedy,incentive@uniform"], "trains on 'uniform'"),
+        (["--policies", "greedy,softmax", "--ope-arm", "uniform"], "--ope-arm"),
+        (["--policies", "greedy,uniform@greedy,incentive@uniform@greedy"], "trains on"),
     ):
         done = subprocess.run(
             [sys.executable, str(PROJECT_ROOT / "jobs" / "simulate.py"), *args],
@@ -97,7 +153,7 @@ def test_two_rounds_two_arms_end_to_end(spark, tmp_path):
     uri = sqlite_uri(tmp_path)
     cfg = SimulateConfig(
         data_dir=str(tmp_path / "sim"),
-        policies="greedy,uniform",
+        policies="greedy,uniform,greedy@uniform",
         rounds=2,
         seeds=1,
         users=120,
@@ -107,7 +163,7 @@ def test_two_rounds_two_arms_end_to_end(spark, tmp_path):
         tracking_uri=uri,
     )
     report = run_simulation(spark, cfg)
-    assert set(report["arms"]) == {"greedy", "uniform"}
+    assert set(report["arms"]) == {"greedy", "uniform", "greedy@uniform"}
     for arm, entry in report["arms"].items():
         rounds = entry["rounds"]
         assert [r["round"] for r in rounds] == [0, 1, 2]
@@ -128,4 +184,9 @@ def test_two_rounds_two_arms_end_to_end(spark, tmp_path):
         [client.get_run(report["mlflow_run_id"]).info.experiment_id],
         f"tags.mlflow.parentRunId = '{report['mlflow_run_id']}'",
     )
-    assert len(children) == 4
+    assert len(children) == 6
+    # the data-effect arm serves greedy with uniform's models: same quality, its own logs
+    borrowed = report["arms"]["greedy@uniform"]["rounds"]
+    assert [r["ctr_auc"] for r in borrowed[1:]] == [r["ctr_auc"] for r in u[1:]]
+    versions = client.search_model_versions("name='isrec-sim-greedy-on-uniform'")
+    assert {v.tags["isrec.trains_on"] for v in versions} == {"uniform"}

@@ -9,10 +9,13 @@ descriptors 1 and 2 at it, and shows on the terminal's stderr only:
 - one bar per training (train/progress.py's feed): epochs done and the epoch's valid AUCs;
 - warnings of the project's own loggers (``train``, ``etl``, ``quickstart``).
 
-On a terminal these are tqdm bars; otherwise (a pipe, CI) plain lines, one per event. When the
-block raises (but for SystemExit and Ctrl-C), the traceback goes to the log, the log's last lines
-and its path are printed and the block exits with SystemExit(1). Stdout is restored on exit, so what
-the caller prints afterwards (the result table, the links) goes to the real stdout.
+On a terminal these are tqdm bars (a stage's bar shows its duration). Otherwise (a pipe, CI)
+every stage is one plain line stamped with the run's clock, and a training one more line when
+it ends: its epochs, time and each epoch's valid AUCs (nothing is redrawn as new lines). When
+the block raises (but for SystemExit and Ctrl-C), the traceback goes to the log, the log's last
+lines and its path are printed and the block exits with SystemExit(1). Stdout is restored on
+exit, so what the caller prints afterwards (the result table, the links) goes to the real
+stdout; the root logger's console handlers keep writing to the log file after the block.
 """
 
 from __future__ import annotations
@@ -40,11 +43,19 @@ TAIL_LINES = 40  # log lines shown when the run fails
 
 
 def epoch_text(row: dict[str, Any]) -> str:
-    """``valid ctr_auc 0.612 cvr_auc 0.55 ctcvr_auc 0.640`` (the epoch's valid AUCs)."""
-    aucs = [(m, row[f"valid_{m}"]) for m in AUC_METRICS if f"valid_{m}" in row]
-    if not aucs:
-        return f"train_loss {row.get('train_loss', float('nan')):.4f}"
-    return "valid " + " ".join(f"{m} {v:.3f}" for m, v in aucs)
+    """``valid ctr_auc 0.612 cvr_auc 0.550 ctcvr_auc 0.640`` (the epoch's valid AUCs)."""
+    return epochs_text([row])
+
+
+def epochs_text(rows: list[dict[str, Any]]) -> str:
+    """``valid ctr_auc 0.601/0.612 ctcvr_auc 0.630/0.640``: each AUC over the epochs ``rows``."""
+    names = [m for m in AUC_METRICS if any(f"valid_{m}" in r for r in rows)]
+    if not names:
+        losses = "/".join(f"{r.get('train_loss', float('nan')):.4f}" for r in rows)
+        return f"train_loss {losses}"
+    nan = float("nan")
+    cells = ["/".join(f"{r.get(f'valid_{m}', nan):.3f}" for r in rows) for m in names]
+    return "valid " + " ".join(f"{m} {c}" for m, c in zip(names, cells, strict=True))
 
 
 class Display:
@@ -55,9 +66,10 @@ class Display:
         self.tty = stream.isatty() if tty is None else tty
         self.lock = threading.RLock()
         self.stage_text: str | None = None
-        self.stage_started = 0.0
         self.stage_bar: Any = None
         self.train_bar: Any = None
+        self.epochs: list[dict[str, Any]] = []  # the open training's epoch rows (plain mode)
+        self.train_started_at = 0.0
         self.started = time.monotonic()
         self._ticker: threading.Thread | None = None
         self._closed = threading.Event()
@@ -81,7 +93,7 @@ class Display:
         """Close the open stage (with its duration) and open ``text``."""
         with self.lock:
             self.end_stage()
-            self.stage_text, self.stage_started = text, time.monotonic()
+            self.stage_text = text
             if not self.tty:
                 self.line(f"{self._clock()} {text}")
                 return
@@ -97,12 +109,9 @@ class Display:
         with self.lock:
             if self.stage_text is None:
                 return
-            took = time.monotonic() - self.stage_started
-            if self.stage_bar is not None:
+            if self.stage_bar is not None:  # plain mode: the next line's clock says it
                 self.stage_bar.leave = keep
                 self.stage_bar.close()
-            elif keep and took >= 1:
-                self.line(f"        ... done in {took:.0f}s")
             self.stage_text, self.stage_bar = None, None
 
     def _start_ticker(self) -> None:
@@ -124,27 +133,25 @@ class Display:
     def train_started(self, cfg: TrainConfig) -> None:
         with self.lock:
             self.end_stage(keep=False)  # the bar stands for the "training ..." stage
+            self.epochs, self.train_started_at = [], time.monotonic()
             desc = f"{self._clock()} {cfg.model} seed {cfg.seed}"
-            if not self.tty:
-                self.line(f"{desc}: training, at most {cfg.epochs} epochs")
+            if not self.tty:  # the stage line announced it; one line when it ends
                 return
             from tqdm import tqdm
 
-            self.train_bar = tqdm(
+            self.train_bar = tqdm(  # tqdm writes the postfix as ", <postfix>"
                 total=cfg.epochs, desc=desc, unit="epoch", file=self.stream, leave=True,
-                bar_format="{desc} {bar:20} {n}/{total} epochs [{elapsed}] {postfix}",
+                bar_format="{desc} {bar:20} {n}/{total} epochs [{elapsed}]{postfix}",
                 dynamic_ncols=True,
             )  # fmt: skip
             self._start_ticker()
 
     def epoch_done(self, cfg: TrainConfig, row: dict[str, Any]) -> None:
         with self.lock:
-            text = epoch_text(row)
+            self.epochs.append(row)
             if self.train_bar is None:
-                epoch = int(row.get("epoch", 0)) + 1
-                self.line(f"        {cfg.model} epoch {epoch}/{cfg.epochs}: {text}")
                 return
-            self.train_bar.set_postfix_str(text, refresh=False)
+            self.train_bar.set_postfix_str(epoch_text(row), refresh=False)
             self.train_bar.update(1)
 
     def train_finished(self, cfg: TrainConfig, ok: bool) -> None:
@@ -154,8 +161,17 @@ class Display:
                     self.train_bar.set_postfix_str("FAILED", refresh=False)
                 self.train_bar.close()
                 self.train_bar = None
-            elif not ok:
-                self.line(f"        {cfg.model} seed {cfg.seed}: FAILED")
+            else:
+                self.line(f"        {cfg.model} seed {cfg.seed}: {self._training_text(cfg, ok)}")
+            self.epochs = []
+
+    def _training_text(self, cfg: TrainConfig, ok: bool) -> str:
+        """``3/3 epochs in 95s, valid ctr_auc 0.601/0.612/0.615 ...`` (plain mode's line)."""
+        took = time.monotonic() - self.train_started_at
+        done = f"{len(self.epochs)}/{cfg.epochs} epochs in {took:.0f}s"
+        if not ok:
+            return f"FAILED after {done}"
+        return f"{done}, {epochs_text(self.epochs)}" if self.epochs else done
 
     def close(self) -> None:
         with self.lock:
@@ -225,6 +241,16 @@ def _stop_ray() -> None:
             ray.shutdown()
 
 
+def _keep_logging_in(path: Path) -> None:
+    """Point the root logger's stdout/stderr handlers at the log file: what libraries log after
+    the block, while the process exits (py4j closing its gateway...), stays off the terminal."""
+    stream = open(path, "a", buffering=1)  # noqa: SIM115 (open until the process exits)
+    consoles = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and handler.stream in consoles:
+            handler.setStream(stream)
+
+
 @contextlib.contextmanager
 def quiet(log_dir: Path) -> Iterator[Path]:
     """Run the block with every output in a log file and progress on the terminal (see the
@@ -254,4 +280,5 @@ def quiet(log_dir: Path) -> Iterator[Path]:
         finally:
             progress.install(None)
             logging.getLogger().removeHandler(handler)
+            _keep_logging_in(path)
             terminal.close()

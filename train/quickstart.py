@@ -1,20 +1,23 @@
 """The main job on the embedded default: world -> ETL (spark-submit) -> Ray Train -> MLflow.
 
 ``run_quickstart(cfg)`` generates a synthetic Taobao world (or takes ``cfg.input``), runs
-jobs/etl.py through spark-submit, trains and promotes every model of ``cfg.models`` and returns
-the comparison table (train/report.py) with the generator's oracle. Each step is reused on a
-second run when its inputs are the same (a fingerprint stored next to its output), so a second
-run neither duplicates data nor registry versions.
+jobs/etl.py through spark-submit, trains and promotes every model of ``cfg.models``, scores the
+generator's oracle and returns a ``QuickstartResult``: the comparison table's rows
+(train/report.py) and each step's seconds. Each step is reused on a second run when its inputs
+are the same (a fingerprint stored next to its output), so a second run neither duplicates data
+nor registry versions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from etl.cli import carry_over, to_argv
@@ -23,7 +26,8 @@ from etl.project import DATA_DIR, PROJECT_ROOT
 from train.report import comparison_table, evaluate_frame
 from train.train_config import TrainConfig
 
-log = logging.getLogger("quickstart")
+log = logging.getLogger("quickstart")  # its INFO records are the terminal's stage lines
+detail = logging.getLogger("quickstart.detail")  # the log file's only
 Summary = dict[str, tuple[float, float]]  # metric -> (mean, 95% half-width) over seeds
 
 
@@ -73,9 +77,19 @@ class QuickstartConfig:
         },
     )
     experiment: str = field(default="isrec-quickstart", metadata={"help": "MLflow experiment"})
+    result_json: str | None = field(
+        default=None,
+        metadata={"help": "also write the table, stage times, load and options as JSON here"},
+    )
 
     def model_names(self) -> list[str]:
         return [m.strip() for m in self.models.split(",") if m.strip()]
+
+    def validate(self) -> None:
+        """Checked before anything runs: a --result-json that cannot be written fails now, not
+        after the whole chain."""
+        if self.result_json and not Path(self.result_json).resolve().parent.is_dir():
+            raise ValueError(f"--result-json: no such folder: {Path(self.result_json).parent}")
 
 
 # --- reuse --------------------------------------------------------------------------------------
@@ -105,24 +119,71 @@ def input_stamp(raw: Path) -> list[tuple[str, int, int]]:
 
 
 # --- the chain ----------------------------------------------------------------------------------
-def run_quickstart(cfg: QuickstartConfig) -> str:
-    """Run (or reuse) every step; returns the report: table, timing, the MLflow UI command."""
+@dataclass
+class QuickstartResult:
+    """What a run made: the table's rows and oracle, where, and how long each step took."""
+
+    rows: dict[str, Summary]
+    oracle: dict[str, float] | None
+    lake: Path
+    store: str
+    seconds: dict[str, float]  # step -> wall seconds: world, etl, train|promote <model>, oracle
+    load: tuple[float, float]  # 1-minute load average at the start and at the end
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    def report(self) -> str:
+        """The table, the timing and the MLflow UI command (what the job prints)."""
+        return "\n".join(
+            [
+                comparison_table(self.rows, self.oracle),
+                f"\nfinished in {self.total_seconds:.0f}s; lake {self.lake}",
+                f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {self.store} "
+                "--host 127.0.0.1 --port 5000",
+            ]
+        )
+
+    def to_json(self, cfg: QuickstartConfig) -> dict:
+        return {
+            "command": " ".join(["python jobs/quickstart.py", *to_argv(cfg)]),
+            "config": asdict(cfg),
+            "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
+            "total_seconds": round(self.total_seconds, 1),
+            "load_1min": {"start": self.load[0], "end": self.load[1]},
+            "cpus": os.cpu_count(),
+            "rows": {m: {k: list(v) for k, v in r.items()} for m, r in self.rows.items()},
+            "oracle": self.oracle,
+        }
+
+
+def run_quickstart(cfg: QuickstartConfig) -> QuickstartResult:
+    """Run (or reuse) every step; returns the rows of the table and the time of each step."""
     data = Path(cfg.data_dir).resolve()
     store = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_store(data)
     os.environ["MLFLOW_TRACKING_URI"] = store  # the trainings and promotions log there
-    started = time.time()
-    raw = raw_input(cfg, data)
-    lake = etl_lake(cfg, raw, data)
-    rows = train_all(cfg, lake)
-    oracle = oracle_metrics(raw, lake) if (raw / "truth.csv").is_file() else None
-    return "\n".join(
-        [
-            comparison_table(rows, oracle),
-            f"\nfinished in {time.time() - started:.0f}s; lake {lake}",
-            f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {store} --host 127.0.0.1 "
-            "--port 5000",
-        ]
-    )
+    seconds: dict[str, float] = {}
+    load = os.getloadavg()[0]
+    with timed(seconds, "world"):
+        raw = raw_input(cfg, data)
+    with timed(seconds, "etl"):
+        lake = etl_lake(cfg, raw, data)
+    rows = train_all(cfg, lake, seconds)
+    oracle = None
+    if (raw / "truth.csv").is_file():
+        with timed(seconds, "oracle"):
+            oracle = oracle_metrics(raw, lake)
+    return QuickstartResult(rows, oracle, lake, store, seconds, (load, os.getloadavg()[0]))
+
+
+@contextlib.contextmanager
+def timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        seconds[step] = time.monotonic() - started
 
 
 def local_store(data: Path) -> str:
@@ -162,7 +223,8 @@ def etl_lake(cfg: QuickstartConfig, raw: Path, data: Path) -> Path:
     from etl.submit import spark_submit, submit_command
 
     command = submit_command(PROJECT_ROOT / "jobs" / "etl.py", etl_args)
-    log.info("ETL: %s", " ".join(command))
+    log.info("ETL: spark-submit jobs/etl.py into %s", lake)
+    detail.info("ETL command: %s", " ".join(command))
     spark_submit(command)
     save_cached(lake / "_quickstart_etl.json", key, {"lake": str(lake)})
     return lake
@@ -176,7 +238,9 @@ def train_config(cfg: QuickstartConfig, lake: Path, model: str) -> TrainConfig:
     return carry_over(cfg, TrainConfig, lake=str(lake), model=model, tracking_uri=store)
 
 
-def train_all(cfg: QuickstartConfig, lake: Path) -> dict[str, Summary]:
+def train_all(
+    cfg: QuickstartConfig, lake: Path, seconds: dict[str, float] | None = None
+) -> dict[str, Summary]:
     """Train, register and promote each model, unless the same data and options trained it."""
     from etl.spec import FeatureSpec
     from train.driver import train_and_log
@@ -200,8 +264,11 @@ def train_all(cfg: QuickstartConfig, lake: Path) -> dict[str, Summary]:
             rows[model] = {k: tuple(v) for k, v in cached["summary"].items()}
             continue
         log.info("training %s with %d Ray Train workers", model, cfg.num_workers)
-        result = train_and_log(train)
-        decision = promote(model)
+        steps = seconds if seconds is not None else {}
+        with timed(steps, f"train {model}"):
+            result = train_and_log(train)
+        with timed(steps, f"promote {model}"):
+            decision = promote(model)
         log.info("promotion of %s: %s", model, decision.reason)
         rows[model] = result.intervals
         save_cached(cache, key, {"summary": {k: list(v) for k, v in rows[model].items()}})
@@ -209,8 +276,20 @@ def train_all(cfg: QuickstartConfig, lake: Path) -> dict[str, Summary]:
 
 
 def oracle_metrics(raw: Path, lake: Path) -> dict[str, float]:
-    """The metrics of the generator's true probabilities on the lake's test rows."""
+    """The metrics of the generator's true probabilities on the lake's test rows (reused when
+    the raw files and the lake's samples version are the same)."""
+    from etl.spec import FeatureSpec
+
+    key = fingerprint({"input": input_stamp(raw), "samples": FeatureSpec.load(lake).tables})
+    cached = load_cached(lake / "_quickstart_oracle.json", key)
+    if cached is not None:
+        log.info("reusing the oracle's metrics (same input and lake)")
+        return cached
     from etl.oracle import oracle_frame
     from etl.spark import get_spark
 
-    return evaluate_frame(oracle_frame(get_spark("isrec-oracle", master="local[2]"), raw, lake))
+    log.info("scoring the generator's true probabilities on the test rows (oracle)")
+    spark = get_spark("isrec-oracle", master="local[2]")
+    metrics = evaluate_frame(oracle_frame(spark, raw, lake))
+    save_cached(lake / "_quickstart_oracle.json", key, metrics)
+    return metrics

@@ -4,8 +4,8 @@ A request is what a shop's ranking service (or the closed-loop simulation) has: 
 request time, the slot, the user's recent behaviors as raw values and a slate of candidate ad
 ids. ``parse_requests`` checks every field and raises ``BadRequest`` (a ``ValueError`` whose
 message names the problem and the request) before anything is scored; the served model turns it
-into HTTP 400. ``rank`` scores each validated request with a ``score_slate`` callback (features +
-model: train/pyfunc.py) and applies a ranking policy (train/policy.py).
+into HTTP 400. ``rank`` scores the validated requests with a ``score_slates`` callback (features +
+model: ``SlateScorer``) and applies a ranking policy (train/policy.py).
 
 Request fields: ``user_id`` (int), ``time`` (Unix seconds), ``pid`` (slot string),
 ``candidates`` (list of ad ids, 1..MAX_CANDIDATES), optional ``events`` (list of
@@ -34,6 +34,7 @@ OPTIONAL = ("events", "profile")
 EVENT_KEYS = ("time", "btag", "cate", "brand")
 OPTIONAL_EVENT_KEYS = ("item",)
 RESPONSE_SCORES = ("pctr", "pcvr", "pctcvr", "expected_views", "score")
+SCORED = RESPONSE_SCORES[:-1]  # what the model gives per candidate (score: the policy's)
 
 
 class BadRequest(ValueError):
@@ -95,7 +96,10 @@ def parse_requests(frame: pd.DataFrame) -> list[Request]:
         raise BadRequest(f"unknown request fields {unknown}; known: {[*REQUIRED, *OPTIONAL]}")
     if frame.empty:
         raise BadRequest("no requests")
-    return [_request(i, row) for i, row in enumerate(frame.to_dict("records"))]
+    columns = {c: frame[c].tolist() for c in frame.columns}  # 10x cheaper than to_dict
+    values = zip(*columns.values(), strict=True)
+    rows = (dict(zip(columns, row, strict=True)) for row in values)
+    return [_request(i, row) for i, row in enumerate(rows)]
 
 
 def _request(i: int, row: Mapping[str, Any]) -> Request:
@@ -223,17 +227,18 @@ def parse_params(params: Mapping[str, Any] | None) -> Params:
     return Params(policy, k, None if _missing(seed) else _integer(seed, "params: seed"))
 
 
-ScoreSlate = Callable[[Request], Mapping[str, np.ndarray]]
+ScoreSlates = Callable[[Sequence[Request]], Sequence[Mapping[str, np.ndarray]]]
 
 
 def rank(
-    requests: Sequence[Request], params: Params, score_slate: ScoreSlate
+    requests: Sequence[Request], params: Params, score_slates: ScoreSlates
 ) -> list[dict[str, Any]]:
     """One response per request: the ranked candidates with their scores and the choice's
-    propensity. ``score_slate(request)`` returns pctr, pcvr, pctcvr, expected_views per
-    candidate (and, for the oracle, ``truth``)."""
+    propensity. ``score_slates(requests)`` returns per request pctr, pcvr, pctcvr and
+    expected_views per candidate (and, for the oracle, ``truth``)."""
     rng = np.random.default_rng(params.seed)
-    return [_respond(r, params, score_slate(r), rng) for r in requests]
+    scores = score_slates(requests)
+    return [_respond(r, params, s, rng) for r, s in zip(requests, scores, strict=True)]
 
 
 def _respond(
@@ -264,28 +269,57 @@ def _respond(
 class SlateScorer:
     """Features of a request's candidates (etl/online.py) -> the network's outputs (numpy)."""
 
-    def __init__(self, model: Any, bundle: Any) -> None:
-        self.model, self.bundle = model, bundle
+    def __init__(self, model: Any, bundle: Any, max_rows: int = 8192) -> None:
+        self.model, self.bundle, self.max_rows = model, bundle, max_rows
         spec = bundle.spec
         dense = {f.name for f in spec.fields if f.kind == "dense"}
         names = [f.name for f in spec.fields] + ([spec.length_field] if spec.sequence else [])
         self.dtypes = {n: np.float32 if n in dense else np.int64 for n in names}  # model inputs
 
-    def __call__(self, request: Request) -> dict[str, np.ndarray]:
+    def __call__(self, requests: Sequence[Request]) -> list[dict[str, np.ndarray]]:
+        """Every request's candidates in one forward pass per ``max_rows`` rows: the GRU then
+        runs once per distinct history row across the whole batch (train/models/rnn_mtl.py)."""
         import torch
 
         from etl.online import encode_request
 
-        try:
-            columns = encode_request(self.bundle, request.online(), strict=True)
-        except ValueError as exc:
-            raise BadRequest(f"request for user {request.user_id}: {exc}") from None
-        with torch.no_grad():
-            out = self.model(self.tensors(columns))
-        return {k: out[k].double().numpy() for k in ("pctr", "pcvr", "pctcvr", "expected_views")}
+        encoded = []
+        for request in requests:
+            try:
+                encoded.append(encode_request(self.bundle, request.online(), strict=True))
+            except ValueError as exc:
+                raise BadRequest(f"request for user {request.user_id}: {exc}") from None
+        outputs: dict[str, list[np.ndarray]] = {k: [] for k in SCORED}
+        for chunk in _chunks([len(r.candidates) for r in requests], self.max_rows):
+            columns = {n: np.concatenate([encoded[i][n] for i in chunk]) for n in self.dtypes}
+            with torch.no_grad():
+                out = self.model(self.tensors(columns))
+            for k in SCORED:
+                outputs[k].append(out[k].double().numpy())
+        flat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in outputs.items()}
+        ends = np.cumsum([len(r.candidates) for r in requests])
+        return [
+            {k: flat[k][end - len(r.candidates) : end] for k in SCORED}
+            for r, end in zip(requests, ends, strict=True)
+        ]
 
     def tensors(self, columns: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """The model's batch from encode_request's columns."""
         import torch
 
         return {n: torch.from_numpy(columns[n].astype(t)) for n, t in self.dtypes.items()}
+
+
+def _chunks(sizes: Sequence[int], max_rows: int) -> list[list[int]]:
+    """Consecutive request indices in groups of at most ``max_rows`` candidates (a request
+    larger than that is a group of its own)."""
+    groups: list[list[int]] = []
+    rows = 0
+    for i, size in enumerate(sizes):
+        if groups and rows + size <= max_rows:
+            groups[-1].append(i)
+            rows += size
+        else:
+            groups.append([i])
+            rows = size
+    return groups

@@ -3,6 +3,7 @@
 # all bound to 127.0.0.1, with their PIDs and logs under ISREC_CLUSTER_DIR (./data/cluster).
 #
 # usage: infra/local/all.sh start|stop|status|env
+# start needs ISREC_MLFLOW_ADMIN_PASSWORD (>= 12 characters): the MLflow admin's password.
 #   eval "$(infra/local/all.sh env)"   # ISREC_SPARK_MASTER, RAY_*, MLFLOW_TRACKING_URI
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -152,8 +152,12 @@ stop_service() {
       log "still running after ${STOP_TIMEOUT}s, sending SIGKILL to: $(tr '\n' ' ' <<<"$pids")"
       # shellcheck disable=SC2086
       kill -KILL $pids 2>/dev/null || true
-      sleep 1
-      pids="$(alive_of_seen)"
+      # A killed process is gone once the kernel has freed it: seconds on a loaded machine.
+      for _ in 1 2 3 4 5 6 7 8 9 10; do
+        sleep 1
+        pids="$(alive_of_seen)"
+        [[ -z "$pids" ]] && break
+      done
       [[ -z "$pids" ]] && break
       die "could not stop $name: $(tr '\n' ' ' <<<"$pids")"
     fi

@@ -31,7 +31,7 @@ import numpy as np
 for _path in (Path(__file__).resolve().parent, *Path(__file__).resolve().parents[1:3]):
     sys.path.insert(0, str(_path))  # bench_serving, the tests' helpers, the project
 
-from bench_serving import MODEL_SIZES, BenchServingConfig, build, load, make_request  # noqa: E402
+from bench_serving import MODEL_SIZES, BenchServingConfig, build, load, make_requests  # noqa: E402
 from helpers_mlflow import free_port, mlflow_env, start, stop, wait_http  # noqa: E402
 from helpers_requests import BAD_REQUESTS  # noqa: E402
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         model_size=cfg.model_size,
     )
     info = build(build_cfg)
-    good = make_request(Path(info["world"]), cfg.candidates, cfg.events)
+    (good,) = make_requests(Path(info["world"]), cfg.candidates, cfg.events)
     bodies = payloads(cfg, good)
     port, log_path = free_port(), Path(cfg.data_dir) / "serve_load.log"
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", info["model_uri"]]

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from train.layers.mlp import MLP
@@ -25,7 +26,16 @@ class GRUEncoder(nn.Module):
         self.packed = packed
         self.output_dim = hidden
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor, group_key: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``group_key`` (B, K) ints, equal rows <=> equal inputs and lengths: the GRU then runs
+        once per distinct row (the K candidates of one request share the history)."""
+        if group_key is not None:
+            first, inverse = distinct_rows(group_key)
+            if len(first) < len(group_key):
+                states, last = self.forward(x[first], lengths[first])
+                return states[inverse], last[inverse]
         max_len = x.shape[1]
         valid = torch.arange(max_len, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
         safe = lengths.clamp(min=1)  # packing rejects 0; empty rows are zeroed below
@@ -41,6 +51,14 @@ class GRUEncoder(nn.Module):
         states = states * valid.unsqueeze(-1).to(states.dtype)
         last = last * (lengths > 0).unsqueeze(-1).to(last.dtype)
         return states, last
+
+
+def distinct_rows(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index of one row per distinct row of ``key``, (B,) group of each row)."""
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    first = torch.empty(int(inverse.max()) + 1 if len(key) else 0, dtype=torch.long)
+    first.scatter_(0, inverse, torch.arange(len(key)))
+    return first, inverse
 
 
 class TargetAttention(nn.Module):
@@ -77,9 +95,11 @@ class TargetAttention(nn.Module):
         mask: torch.Tensor,
         side: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        q = self.query_proj(query).unsqueeze(1).expand_as(keys)
-        inputs = [q, keys, q - keys, q * keys] + ([] if side is None else [side])
-        scores = self.score(torch.cat(inputs, dim=-1)).squeeze(-1)
+        q = self.query_proj(query)
+        hidden = self._first_layer(q, keys, side)
+        for layer in list(self.score)[1:]:
+            hidden = layer(hidden)
+        scores = hidden.squeeze(-1)
         valid = mask.to(scores.dtype)
         if self.softmax:
             # finite fill (not -inf): an all-masked row gives uniform weights, zeroed next
@@ -88,3 +108,19 @@ class TargetAttention(nn.Module):
         else:
             weights = scores * valid
         return (weights.unsqueeze(-1) * keys).sum(dim=1)
+
+    def _first_layer(
+        self, q: torch.Tensor, keys: torch.Tensor, side: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The score MLP's first Linear of [q, k, q - k, q * k, side] without building that
+        (B, L, 4K) input: W = [Wq | Wk | Wd | Wp | Ws] gives (Wq + Wd) q + (Wk - Wd) k +
+        Wp (q * k) + Ws side, and the query's term is computed once per row, not per step."""
+        first: nn.Linear = self.score[0]
+        k = keys.shape[-1]
+        w = first.weight
+        out = F.linear(q, w[:, :k] + w[:, 2 * k : 3 * k], first.bias).unsqueeze(1)
+        out = out + F.linear(keys, w[:, k : 2 * k] - w[:, 2 * k : 3 * k])
+        out = out + F.linear(q.unsqueeze(1) * keys, w[:, 3 * k : 4 * k])
+        if side is not None:
+            out = out + F.linear(side, w[:, 4 * k :])
+        return out

@@ -81,7 +81,9 @@ class RNNMTL(BaseModel):
         parts = [embs[n] for n in self.context_fields]
         keys = steps
         if self.gru is not None:  # candidate-free unless the flags are GRU inputs
-            keys, last = self.gru(steps, sequence_lengths(batch, self.spec))
+            lengths = sequence_lengths(batch, self.spec)
+            group = None if self.training else self.gru_inputs_key(batch, flags, lengths)
+            keys, last = self.gru(steps, lengths, group)
             parts.insert(0, last)
         if flags is not None and not self.flags_in_gru:
             keys = torch.cat([keys, flags], dim=-1)
@@ -90,6 +92,16 @@ class RNNMTL(BaseModel):
             parts.append(self.attention(query, keys, sequence_mask(batch, self.spec)))
         h = self.shared(torch.cat(parts, dim=-1))
         return tuple(self.towers[t](h).squeeze(-1) for t in ("ctr", "cvr", "views"))
+
+    def gru_inputs_key(
+        self, batch: dict[str, torch.Tensor], flags: torch.Tensor | None, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, K) ints that determine the GRU's input rows: the history ids, the lengths and the
+        flags when they are GRU inputs. Scoring a slate runs the GRU once per distinct row."""
+        parts = [batch[f.name].long() for f in self.spec.sequence] + [lengths.long()[:, None]]
+        if flags is not None and self.flags_in_gru:
+            parts.append(flags.flatten(1).long())
+        return torch.cat(parts, dim=1)
 
     def match(self, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor | None:
         """(B, L, pairs) 0/1: does history step t hold the candidate's id (padding never)?"""

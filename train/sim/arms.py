@@ -25,13 +25,28 @@ APPENDED = ("raw_sample.csv", "behavior_log.csv")
 REPLACED = ("ad_feature.csv", "user_profile.csv")
 
 
+TRAINS_ON = "@"  # ``incentive:0.5@greedy``: serve with incentive, train on greedy's data
+
+
 def arm_name(spec: str) -> str:
-    """A path- and registry-safe name: ``incentive:0.5`` -> ``incentive-0.5``."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", spec.strip())
+    """A path- and registry-safe name: ``incentive:0.5`` -> ``incentive-0.5``,
+    ``incentive:0.5@greedy`` -> ``incentive-0.5-on-greedy``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", spec.strip().replace(TRAINS_ON, "-on-"))
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """(policy spec, the arm whose models it serves with, or None: its own)."""
+    policy, _, source = spec.partition(TRAINS_ON)
+    return policy.strip(), (source.strip() or None) if TRAINS_ON in spec else None
 
 
 @dataclass
 class Arm:
+    """``spec`` is a policy (train.policy.make_policy) or ``POLICY@ARM``: that policy served
+    with the models ``ARM`` trains on its own logs, so that arm's data, not this one's, makes
+    the model (the data effect of a policy is the difference to the arm serving POLICY with
+    models of its own data)."""
+
     spec: str
     root: Path
     policy: Policy = field(init=False)
@@ -40,9 +55,15 @@ class Arm:
     model: Any = None  # the model of the latest round (None before round 1)
     bundle: Any = None
     trained: tuple[Any, Any] | None = None  # (TrainConfig, FeatureSpec) of the latest model
+    trains_on: str | None = field(init=False, default=None)  # the spec of the arm it borrows from
 
     def __post_init__(self) -> None:
-        self.policy = make_policy(self.spec)
+        policy, self.trains_on = split_spec(self.spec)
+        self.policy = make_policy(policy)
+
+    def borrow(self, source: Arm) -> None:
+        """Serve the next day with ``source``'s model of this round (the data-effect arm)."""
+        self.model, self.bundle, self.trained = source.model, source.bundle, source.trained
 
     @property
     def name(self) -> str:

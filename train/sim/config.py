@@ -18,7 +18,10 @@ class SimulateConfig:
     )
     policies: str = field(
         default="greedy,incentive,uniform",
-        metadata={"help": "arms, comma-separated NAME[:PARAM] (train.policy.make_policy)"},
+        metadata={
+            "help": "arms, comma-separated NAME[:PARAM] (train.policy.make_policy); "
+            "NAME[:PARAM]@ARM serves that policy with the models ARM trains (the data effect)"
+        },
     )
     rounds: int = field(default=5, metadata={"help": "rounds after round 0 (one day each)"})
     seeds: int = field(default=3, metadata={"help": "worlds (and trainings) seeded 0..N-1"})
@@ -36,6 +39,13 @@ class SimulateConfig:
     max_len: int = field(default=20, metadata={"help": "history length L (ETL)"})
     eval_users: int = field(
         default=200, metadata={"help": "users of the fixed uniform-logged evaluation day"}
+    )
+    ope_arm: str = field(
+        default="",
+        metadata={
+            "help": "arm whose logs estimate every other arm's value off-policy "
+            "(default: the first softmax arm, if any; 'none': no estimates)"
+        },
     )
     experiment: str = field(default="isrec-simulate", metadata={"help": "MLflow experiment"})
     tracking_uri: str = field(
@@ -59,8 +69,27 @@ class SimulateConfig:
             raise ValueError("--policies names no policy")
         if len(set(arms)) != len(arms):
             raise ValueError(f"--policies names an arm twice: {','.join(arms)}")
+        from train.sim.arms import split_spec
+
+        if self.ope_arm not in ("", "none", *arms):
+            raise ValueError(f"--ope-arm {self.ope_arm!r} is not one of --policies")
+
         for spec in arms:
-            make_policy(spec)  # ValueError with a one-line message for a bad spec
+            policy, source = split_spec(spec)
+            make_policy(policy)  # ValueError with a one-line message for a bad spec
+            if source is not None and (source not in arms or split_spec(source)[1] is not None):
+                raise ValueError(
+                    f"--policies: {spec!r} trains on {source!r}, which must be another arm "
+                    "of --policies that trains on its own data"
+                )
+
+    def ope_arm_spec(self) -> str | None:
+        """The arm whose logs the off-policy estimates come from, or None."""
+        if self.ope_arm == "none":
+            return None
+        if self.ope_arm:
+            return self.ope_arm
+        return next((a for a in self.arm_specs() if a.split(":")[0] == "softmax"), None)
 
     def arm_specs(self) -> list[str]:
         return [p.strip() for p in self.policies.split(",") if p.strip()]

@@ -9,6 +9,8 @@ a Ray Train run of the model from scratch, the model logged and registered in ML
 version of ``isrec-sim-<arm>`` tagged with arm, round and seed, then the arm's policy with that
 model serves day r (``initial_days - 1 + r``) of the world. Every number of the day and the
 model's quality on the seed's fixed evaluation day go to a child run of the simulation's run.
+An arm ``POLICY@ARM`` trains nothing: it serves with ``ARM``'s model of the round, so its
+difference to the arm serving POLICY with models of its own data is the data effect alone.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from etl.world import LoopConfig, TaobaoWorld, WorldConfig
 from train.sim.arms import Arm, arm_name
 from train.sim.config import SimulateConfig
 from train.sim.measure import EvalSet, day_metrics
+from train.sim.offpolicy import OffPolicyRecorder, with_errors
 from train.sim.ranker import ModelScorer, ModelSlatePolicy, read_profiles
 from train.sim.report import Rounds
 
@@ -69,6 +72,8 @@ def run_seed(spark: Any, cfg: SimulateConfig, seed: int, rounds: Rounds, stages:
     )
     root = Path(cfg.data_dir) / f"seed_{seed}"
     arms = [Arm(spec, root / arm_name(spec)) for spec in cfg.arm_specs()]
+    arms.sort(key=lambda a: a.trains_on is not None)  # sources train before their borrowers
+    by_spec = {a.spec: a for a in arms}
     for day in range(-cfg.history_days, cfg.initial_days):
         logs = world.simulate_day(day)
         for arm in arms:
@@ -83,19 +88,55 @@ def run_seed(spark: Any, cfg: SimulateConfig, seed: int, rounds: Rounds, stages:
     for arm in arms:
         rounds.add(arm.spec, seed, 0, round0)
     for r in range(1, cfg.rounds + 1):
-        day = cfg.initial_days - 1 + r
+        qualities: dict[str, dict[str, float]] = {}
         for arm in arms:
-            quality = retrain(spark, cfg, arm, seed, r, evaluation, stages)
-            t0 = time.perf_counter()
-            policy = ModelSlatePolicy(arm.policy, arm_scorer(arm), arm.past, profiles)
-            logs = world.simulate_day(day, policy)
-            arm.add_day(world, logs)
-            stages["policy"] += time.perf_counter() - t0
-            metrics = day_metrics(logs, cfg.world_users, arm.ad_impressions) | quality
-            rounds.add(arm.spec, seed, r, metrics)
-            t0 = time.perf_counter()
-            log_child(cfg, arm, seed, r, metrics)
-            stages["registration"] += time.perf_counter() - t0
+            if arm.trains_on is None:
+                qualities[arm.spec] = retrain(spark, cfg, arm, seed, r, evaluation, stages)
+            else:
+                arm.borrow(by_spec[arm.trains_on])
+                qualities[arm.spec] = qualities[arm.trains_on]
+        serve_round(cfg, world, arms, seed, r, profiles, qualities, rounds, stages)
+
+
+def serve_round(
+    cfg: SimulateConfig,
+    world: TaobaoWorld,
+    arms: list[Arm],
+    seed: int,
+    round_: int,
+    profiles: dict,
+    qualities: dict[str, dict[str, float]],
+    rounds: Rounds,
+    stages: Stages,
+) -> None:
+    """Each arm's policy with its model of the round serves day ``initial_days - 1 + round_``;
+    the OPE arm (if any) serves first, recording every other arm's view of its slates."""
+    day = cfg.initial_days - 1 + round_
+    ope_arm = cfg.ope_arm_spec()
+    ope: dict[str, dict[str, float]] = {}
+    for arm in sorted(arms, key=lambda a: a.spec != ope_arm):
+        t0 = time.perf_counter()
+        policy = ModelSlatePolicy(arm.policy, arm_scorer(arm), arm.past, profiles)
+        recorder = None
+        if arm.spec == ope_arm:
+            targets = {
+                other.spec: ModelSlatePolicy(other.policy, arm_scorer(other), arm.past, profiles)
+                for other in arms
+                if other is not arm
+            }
+            policy = recorder = OffPolicyRecorder(policy, targets)
+        logs = world.simulate_day(day, policy)
+        arm.add_day(world, logs)
+        if recorder is not None:
+            ope = recorder.estimates(logs.logs.impressions)
+        stages["policy"] += time.perf_counter() - t0
+        metrics = day_metrics(logs, cfg.world_users, arm.ad_impressions) | qualities[arm.spec]
+        if arm.spec in ope:
+            metrics |= with_errors(ope[arm.spec], metrics["purchases_per_impression"])
+        rounds.add(arm.spec, seed, round_, metrics)
+        t0 = time.perf_counter()
+        log_child(cfg, arm, seed, round_, metrics)
+        stages["registration"] += time.perf_counter() - t0
 
 
 def arm_scorer(arm: Arm) -> ModelScorer | None:
@@ -162,6 +203,8 @@ def log_child(cfg: SimulateConfig, arm: Arm, seed: int, round_: int, metrics: di
 
     train_cfg, spec = arm.trained
     tags = {"isrec.arm": arm.spec, "isrec.round": str(round_), "isrec.seed": str(seed)}
+    if arm.trains_on is not None:
+        tags["isrec.trains_on"] = arm.trains_on
     with mlflow.start_run(run_name=f"{arm.name}/seed{seed}/round{round_}", nested=True) as run:
         mlflow.set_tags(tags)
         mlflow.log_params({"arm": arm.spec, "round": round_, "seed": seed, "model": cfg.model})

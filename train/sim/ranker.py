@@ -114,20 +114,29 @@ class ModelSlatePolicy:
         self.policy, self.scorer, self.past, self.profiles = policy, scorer, past, profiles
 
     def __call__(self, request: Any) -> Decision:
-        m, k = request.size, request.k
+        return self.decide(request, *self.slate_scores(request), request.rng)
+
+    def slate_scores(self, request: Any) -> tuple[np.ndarray, np.ndarray]:
+        """[m, K] pCTCVR and expected further views the policy ranks by (the truth for the
+        oracle, zeros for uniform)."""
         if isinstance(self.policy, Oracle):
             truth = request.truth
-            pctcvr, views = truth.p_ctcvr, truth.expected_views
-        elif isinstance(self.policy, Uniform):
-            pctcvr = views = np.zeros((m, k))
-        else:
-            scores = self.scorer(self.requests(request), k)
-            pctcvr, views = scores["pctcvr"], scores["expected_views"]
-        truth_values = pctcvr if isinstance(self.policy, Oracle) else None
+            return truth.p_ctcvr, truth.expected_views
+        if isinstance(self.policy, Uniform):
+            zeros = np.zeros((request.size, request.k))
+            return zeros, zeros
+        scores = self.scorer(self.requests(request), request.k)
+        return scores["pctcvr"], scores["expected_views"]
+
+    def decide(
+        self, request: Any, pctcvr: np.ndarray, views: np.ndarray, rng: np.random.Generator
+    ) -> Decision:
+        m, k = request.size, request.k
+        oracle = isinstance(self.policy, Oracle)
         slots, props, probs = np.zeros(m, np.int64), np.zeros(m), np.zeros((m, k))
         for i in range(m):
-            slate = Slate(pctcvr[i], views[i], None if truth_values is None else truth_values[i])
-            choice = self.policy.choose(slate, request.rng)
+            slate = Slate(pctcvr[i], views[i], pctcvr[i] if oracle else None)
+            choice = self.policy.choose(slate, rng)
             slots[i], props[i], probs[i] = choice.chosen, choice.propensity, choice.probabilities
         return Decision(slots, props, probs)
 

@@ -1,0 +1,194 @@
+"""README figures against the committed benchmark JSON they cite (tests/benchmarks/*.json).
+
+Each entry of CHECKS is a README passage (a regex, one group per figure), the JSON that backs
+it and, per group, where in the JSON the figure is (a dotted key path, or a function of the
+JSON for a derived figure). A figure must equal the JSON's value rounded as the README prints
+it ("26.4" -> one decimal, "1,647" -> none), so a rerun benchmark whose figures were not copied
+into the README, or a README figure edited by hand, fails here. A passage that is no longer in
+the README fails too: change the entry together with the text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+BENCH = "tests/benchmarks"
+NUM = r"(-?[\d,]*\.?\d+)"  # a printed figure: 0.7891, 26.4, 1,647; "#" in a pattern
+Key = str | Callable[[dict], float]
+
+PEERS = (  # name as printed in the README's peers list -> rows.<name> in peers.json
+    "rnn_mtl", "esmm", "din", "mmoe", "deepfm", "xdeepfm", "rechub_esmm", "deepctr_din",
+    "deepctr_deepfm", "deepctr_xdeepfm", "rechub_mmoe",
+)  # fmt: skip
+QUALITY_MODELS = ("deepfm", "xdeepfm", "mmoe", "esmm", "rnn_mtl")
+AUCS = ("ctr_auc", "cvr_auc", "ctcvr_auc")
+
+
+def gap(model: str, metric: str) -> Callable[[dict], float]:
+    return lambda j: j["metrics"]["oracle"][metric] - j["metrics"][model][metric]
+
+
+def quality_row(model: str) -> tuple[str, str, list[Key]]:
+    """A row of the oracle-gap table: 4 metrics, 3 gaps to the oracle, epochs, train seconds."""
+    cells = r"\s*\|\s*".join([r"\**" + NUM + r"\**"] * 9)
+    keys: list[Key] = [f"metrics.{model}.{m}" for m in (*AUCS, "ctr_gauc")]
+    keys += [gap(model, m) for m in AUCS]
+    keys += [f"runs.{model}.epochs_run", f"runs.{model}.train_seconds"]
+    return rf"\|\s*\**{model}\**\s*\|\s*{cells}\s*\|", "bench_quality.json", keys
+
+
+CHECKS: list[tuple[str, str, list[Key]]] = [
+    (
+        r"in-process p50/p99 #/# ms, served #/# ms,\s+batch # scorings/s",
+        "bench_serving.json",
+        [
+            "in_process.predict.p50_ms",
+            "in_process.predict.p99_ms",
+            "served.post.p50_ms",
+            "served.post.p99_ms",
+            "in_process.batch.predict.per_s_median",
+        ],
+    ),
+    (
+        r"load # at the start\):\s+# responses 5xx, all # valid ones 200 and\s+all # "
+        r"malformed ones 400; # requests/s; p50/p99 #/# ms valid, #/# ms malformed",
+        "bench_serving_load.json",
+        [
+            "load.before_load.0",
+            "server_errors_5xx",
+            "statuses.200",
+            "statuses.400",
+            "requests_per_s",
+            "valid.p50_ms",
+            "valid.p99_ms",
+            "malformed.p50_ms",
+            "malformed.p99_ms",
+        ],
+    ),
+    (
+        r"\|\s*oracle\s*\|\s*#\s*\|\s*#\s*\|\s*#\s*\|\s*#\s*\|",
+        "bench_quality.json",
+        [f"metrics.oracle.{m}" for m in (*AUCS, "ctr_gauc")],
+    ),
+    *(quality_row(model) for model in QUALITY_MODELS),
+    (
+        r"# test rows \(# test clicks, # test conversions\)",
+        "bench_quality.json",
+        ["metrics.oracle.n_rows", "metrics.oracle.n_clicks", "metrics.oracle.n_conversions"],
+    ),
+    (  # the figure subtracted from it (the oracle without the user bias) has no JSON
+        r"so # - [\d.]+ = [\d.]+ of the CTR gap",
+        "bench_quality.json",
+        ["metrics.oracle.ctr_auc"],
+    ),
+    (
+        r"deepfm's best epoch was its (second) of (four)",
+        "bench_quality.json",
+        [lambda j: j["runs"]["deepfm"]["best_epoch"] + 1, "runs.deepfm.epochs_run"],
+    ),
+    (
+        r"one seed, load average # at the start, # at the end: `tests/benchmarks/peers.json`",
+        "peers.json",
+        ["load_average_start.0", "load_average_end.0"],
+    ),
+    (
+        r"2,000-user world, # / # / # rows",
+        "peers.json",
+        ["export.rows.train", "export.rows.valid", "export.rows.test"],
+    ),
+    *(
+        (
+            rf"\b{name}\s+{NUM} / {NUM}[,;.]",
+            "peers.json",
+            [f"rows.{name}.metrics.ctcvr_auc", f"rows.{name}.metrics.cvr_auc"],
+        )
+        for name in PEERS
+    ),
+    (
+        r"# behavior rows and # impressions took # s on 2 cores \(# s of CPU",
+        "bench_generate.json",
+        ["behavior_rows", "impression_rows", "seconds", "cpu_seconds"],
+    ),
+    (
+        r"took # s \(world # s, ETL # s, training # s, oracle # s; load # at the "
+        r"start, # at the end",
+        "quickstart.json",
+        [
+            "total_seconds",
+            "seconds.world",
+            "seconds.etl",
+            lambda j: sum(v for k, v in j["seconds"].items() if k.startswith("train ")),
+            "seconds.oracle",
+            "load_1min.start",
+            "load_1min.end",
+        ],
+    ),
+]
+WORDS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "two": 2, "three": 3, "four": 4}
+
+
+def lookup(data: Any, key: Key) -> float:
+    if callable(key):
+        return float(key(data))
+    for part in key.split("."):
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return float(data)
+
+
+def as_printed(value: float, printed: str) -> str:
+    """``value`` rounded and written the way ``printed`` is (its decimals; no commas)."""
+    if printed in WORDS:
+        return printed if WORDS[printed] == round(value) else f"{round(value)}"
+    decimals = len(printed.split(".")[1]) if "." in printed else 0
+    return f"{value:.{decimals}f}"
+
+
+def readme_text() -> str:
+    return README.read_text()
+
+
+def test_every_cited_benchmark_json_exists_and_parses() -> None:
+    cited = set(re.findall(r"tests/benchmarks/([\w.-]+\.json)", readme_text()))
+    assert cited, "the README cites no benchmark JSON"
+    for name in sorted(cited | {json_name for _, json_name, _ in CHECKS}):
+        json.loads((ROOT / BENCH / name).read_text())  # fails when missing or malformed
+
+
+IDS = [f"{json_name.removesuffix('.json')}-{i}" for i, (_, json_name, _) in enumerate(CHECKS)]
+
+
+@pytest.mark.parametrize(("pattern", "json_name", "keys"), CHECKS, ids=IDS)
+def test_readme_figure_matches_its_json(pattern: str, json_name: str, keys: list[Key]) -> None:
+    text = re.sub(r"\s+", " ", readme_text())
+    found = re.findall(pattern.replace(r"\s+", " ").replace("#", NUM), text)
+    assert len(found) == 1, f"README passage not found once ({len(found)}): {pattern}"
+    printed = found[0] if isinstance(found[0], tuple) else (found[0],)
+    assert len(printed) == len(keys), pattern
+    data = json.loads((ROOT / BENCH / json_name).read_text())
+    for figure, key in zip(printed, keys, strict=True):
+        figure = figure.replace(",", "")
+        expected = as_printed(lookup(data, key), figure)
+        assert figure == expected, f"README says {figure}, {json_name} {key}: {expected}"
+
+
+def test_readme_differences_add_up() -> None:
+    """Every "a - b = c" the README prints is right to the last printed digit."""
+    found = re.findall(r"(\d+\.\d+) - (\d+\.\d+) = (\d+\.\d+)", readme_text())
+    assert found
+    for a, b, c in found:
+        assert as_printed(float(a) - float(b), c) == c, f"{a} - {b} = {c}"
+
+
+def test_as_printed_rounds_like_the_readme() -> None:
+    assert as_printed(26.370427, "26.4") == "26.4"
+    assert as_printed(1646.85, "1647") == "1647"
+    assert as_printed(0.7891164, "0.7891") == "0.7891" != as_printed(0.78951, "0.7891")
+    assert as_printed(2, "second") == "second" and as_printed(1, "second") == "1"
