@@ -4,6 +4,11 @@ spec.
 Every table is written with one atomic Delta overwrite, so a rerun over the same input gives
 the same contents and a crash leaves the previous version readable. The feature spec is written
 last and records the versions of all tables of the run (it is the run's commit marker).
+
+Bad input fails before the first write, with one exception: a run that fails because lines were
+quarantined (a file with no readable line, or a quarantined share above the threshold) writes
+its quarantine table first, and its message names the Delta version holding those lines. The
+other tables and the spec keep the last good run.
 """
 
 from __future__ import annotations
@@ -39,10 +44,16 @@ from etl.lake import (
 from etl.samples import Splits, assign_splits, build_vocabularies, feature_fields, sample_columns
 from etl.schemas import ADS, BEHAVIORS, IMPRESSIONS, USERS
 from etl.sessionize import local_day, sessionize, summarize_sessions
-from etl.sources import check_reconciliation, load_source
-from etl.sources.base import FileReport, InputError, SourceConfig, SourceData
+from etl.sources import load_source
+from etl.sources.base import (
+    FileReport,
+    InputError,
+    SourceConfig,
+    SourceData,
+    reconciliation_failure,
+)
 from etl.spec import FeatureSpec
-from etl.tables import AD_TABLE
+from etl.tables import AD_TABLE, QUARANTINE
 from etl.vocab import vocab_sizes, vocabularies
 from etl.wide import build_wide_samples
 
@@ -83,29 +94,10 @@ def run_etl(spark: SparkSession, cfg: EtlConfig) -> EtlSummary:
     summary = EtlSummary(source=cfg.source, lake=cfg.output)
     data = load_source(spark, cfg.source, storage.spark_uri(cfg.input), source_config(cfg))
     summary.reports = data.reports
-    for report in data.reports:
-        log.info(
-            "%s: read %d kept %d quarantined %d",
-            report.file,
-            report.read,
-            report.kept,
-            report.quarantined,
-        )
-    check_reconciliation(data.reports, cfg.max_quarantine_share)
-    splits = None
-    if data.wide_samples is None:  # the splits before the first write: a bad one writes nothing
-        if data.impressions is None:
-            raise InputError(f"{cfg.source}: the input holds no impressions to build samples from")
-        splits = _splits(_keyed_impressions(data.impressions, cfg.tz_offset_hours), cfg)
-    write = _writer(spark, cfg, summary)
-    for name, df in data.bronze.items():
-        write(df, name, None)
-    write(data.quarantine, "quarantine", None)
-    if data.wide_samples is not None:
-        spec = build_wide_samples(spark, data.wide_samples, cfg, write)
-    else:
-        spec = _build_session_tables(spark, data, cfg, write, summary, splits)
-    data.unpersist()
+    try:
+        spec = _write_tables(spark, data, cfg, summary)
+    finally:
+        data.unpersist()
     spec.tables = dict(summary.versions)
     spec.save(cfg.output)
     if "impressions" not in summary.stats:  # wide sources: no pass whose output gives them
@@ -114,6 +106,47 @@ def run_etl(spark: SparkSession, cfg: EtlConfig) -> EtlSummary:
     summary.splits = spec.splits
     summary.seconds = time.time() - started
     return summary
+
+
+def _write_tables(
+    spark: SparkSession, data: SourceData, cfg: EtlConfig, summary: EtlSummary
+) -> FeatureSpec:
+    for report in data.reports:
+        log.info(
+            "%s: read %d kept %d quarantined %d",
+            report.file,
+            report.read,
+            report.kept,
+            report.quarantined,
+        )
+    write = _writer(spark, cfg, summary)
+    _check_reconciliation(data, cfg, write, summary)
+    splits = None
+    if data.wide_samples is None:  # the splits before the first write: a bad one writes nothing
+        if data.impressions is None:
+            raise InputError(f"{cfg.source}: the input holds no impressions to build samples from")
+        splits = _splits(_keyed_impressions(data.impressions, cfg.tz_offset_hours), cfg)
+    for name, df in data.bronze.items():
+        write(df, name, None)
+    write(data.quarantine, QUARANTINE, None)
+    if data.wide_samples is not None:
+        return build_wide_samples(spark, data.wide_samples, cfg, write)
+    return _build_session_tables(spark, data, cfg, write, summary, splits)
+
+
+def _check_reconciliation(data: SourceData, cfg: EtlConfig, write, summary: EtlSummary) -> None:
+    """Raise InputError when the input fails reconciliation; when quarantined lines make it
+    fail, write the quarantine table first and name the version that holds them."""
+    failure = reconciliation_failure(data.reports, cfg.max_quarantine_share)
+    if failure is None:
+        return
+    if not failure.quarantined:
+        raise InputError(failure.message)
+    write(data.quarantine, QUARANTINE, None)
+    where = storage.join(cfg.output, QUARANTINE)
+    raise InputError(
+        f"{failure.message}; see quarantine table {where} at version {summary.versions[QUARANTINE]}"
+    )
 
 
 def source_config(cfg: EtlConfig) -> SourceConfig:

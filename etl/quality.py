@@ -3,11 +3,16 @@
 Every raw file is read as text lines (``spark.read.text``; never schema inference), numbered
 1-based in file order, split on the separator and parsed against an explicit per-file
 :class:`FileSpec`. A line is either *kept* (typed columns) or *quarantined* (QUARANTINE schema:
-source, file, line_no, raw, reason).
+source, file, line_no, raw, raw_bytes, raw_length, reason). ``raw_bytes`` holds the line's bytes
+exactly as read (without its line break), ``raw`` the same line as valid UTF-8 text: verbatim
+when the line is UTF-8, else with every byte that is not part of a UTF-8 character written as
+``\\xNN`` (what Python's ``bytes.decode("utf-8", "backslashreplace")`` gives), so the table
+reads with any Parquet reader however binary the input was.
 
 Reasons are ``code`` or ``code:detail``; the code is everything before the first colon:
 
 - ``empty_line``          the line is empty or only whitespace
+- ``invalid_utf8``        the line's bytes are not UTF-8 (binary garbage, another encoding)
 - ``header``              a header line that is not the first line of the file
 - ``column_count``        wrong number of columns (detail: the count found)
 - ``missing``             a required column is empty (detail: column)
@@ -84,6 +89,7 @@ class FileSpec:
     # exact duplicate lines -> duplicate; off where identical lines are distinct records (e.g.
     # label-encoded samples without an id)
     dedupe: bool = True
+    layout: str = ""  # what the layout is called in messages, e.g. "taobao_ad raw_sample.csv"
     flags: tuple[tuple[str, RowCheck], ...] = ()  # (name, predicate): kept rows counted, kept
     checks: tuple[tuple[str, RowCheck], ...] = ()  # (reason, bad-row predicate), in order
 
@@ -116,14 +122,54 @@ class ParsedFile:
         return self.table.where(F.col("reason").isNull()).select(*self.spec.names)
 
     def quarantine(self) -> DataFrame:
+        """Quarantined lines in the QUARANTINE schema."""
         q = self.table.where(F.col("reason").isNotNull())
         return q.select(
             F.lit(self.spec.source).alias("source"),
             F.lit(self.path).alias("file"),
             F.col("line_no").cast("long").alias("line_no"),
-            F.col("raw"),
+            readable_text(F.col("raw")).alias("raw"),
+            F.col("raw").cast("binary").alias("raw_bytes"),
+            F.octet_length("raw").cast("int").alias("raw_length"),
             F.col("reason"),
         )
+
+
+# One UTF-8 character as upper-case hex (RFC 3629: no overlong forms, no surrogates, <= U+10FFFF).
+_UTF8_HEX = "|".join(
+    (
+        "[0-7][0-9A-F]",
+        "(?:C[2-9A-F]|D[0-9A-F])[89AB][0-9A-F]",
+        "E0[AB][0-9A-F][89AB][0-9A-F]",
+        "E[1-9A-CEF](?:[89AB][0-9A-F]){2}",
+        "ED[89][0-9A-F][89AB][0-9A-F]",
+        "F0[9AB][0-9A-F](?:[89AB][0-9A-F]){2}",
+        "F[1-3](?:[89AB][0-9A-F]){3}",
+        "F48[0-9A-F](?:[89AB][0-9A-F]){2}",
+    )
+)
+# Runs of UTF-8 characters, or one stray byte: every match has an even length and one of the
+# two always matches, so the scan stays on byte boundaries.
+_HEX_TOKENS = f"(?:{_UTF8_HEX})+|[8-9A-F][0-9A-F]"
+
+
+def is_utf8(raw: Column) -> Column:
+    """True where the string's bytes are valid UTF-8 (Spark keeps a text line's bytes as read;
+    decoding replaces what is not UTF-8, so the round trip changes exactly those lines)."""
+    return raw == F.decode(raw.cast("binary"), "UTF-8")
+
+
+def readable_text(raw: Column) -> Column:
+    """``raw`` when it is UTF-8, else its bytes decoded with each stray byte as ``\\xNN``."""
+    tokens = F.regexp_extract_all(F.hex(raw.cast("binary")), F.lit(_HEX_TOKENS), 0)
+
+    def text(t: Column) -> Column:  # a stray byte: the only 2-digit token at or above 0x80
+        stray = (F.length(t) == 2) & (t >= F.lit("80"))
+        return F.when(stray, F.concat(F.lit("\\x"), F.lower(t))).otherwise(
+            F.decode(F.unhex(t), "UTF-8")
+        )
+
+    return F.when(is_utf8(raw), raw).otherwise(F.array_join(F.transform(tokens, text), ""))
 
 
 def date_range(first: str, end: str) -> tuple[int, int]:
@@ -317,7 +363,9 @@ def _datetime8_seconds(text: Column) -> Column:
 def _reason(spec: FileSpec, header: Column) -> Column:
     """The first failed check of a line, in order; null when the line is kept."""
     n = len(spec.fields)
-    reason = F.when(F.trim(F.col("raw")) == "", F.lit("empty_line")).when(header, F.lit("header"))
+    reason = F.when(F.trim(F.col("raw")) == "", F.lit("empty_line"))
+    reason = reason.when(~is_utf8(F.col("raw")), F.lit("invalid_utf8"))
+    reason = reason.when(header, F.lit("header"))
     reason = reason.when(
         F.col("_n") != n, F.concat(F.lit("column_count:"), F.col("_n").cast("string"))
     )

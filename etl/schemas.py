@@ -94,7 +94,11 @@ QUARANTINE = T.StructType(
         T.StructField("source", T.StringType(), False),  # adapter name, e.g. taobao_ad
         T.StructField("file", T.StringType(), False),  # input file path
         T.StructField("line_no", T.LongType(), True),  # 1-based line number when known
-        T.StructField("raw", T.StringType(), True),  # the raw line, verbatim
+        # the line as text: verbatim when it is UTF-8, else each byte that is not part of a
+        # UTF-8 character as \xNN (Python's bytes.decode("utf-8", "backslashreplace"))
+        T.StructField("raw", T.StringType(), True),
+        T.StructField("raw_bytes", T.BinaryType(), True),  # the line's bytes, exactly as read
+        T.StructField("raw_length", T.IntegerType(), True),  # its length in bytes
         T.StructField("reason", T.StringType(), False),  # short machine-readable reason
     ]
 )

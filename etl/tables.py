@@ -7,7 +7,7 @@ A lake is a folder (or object-store prefix) with one Delta table per name below,
 from __future__ import annotations
 
 BRONZE_PREFIX = "bronze_"  # bronze_<file>: every readable raw line, typed, per input file
-QUARANTINE = "quarantine"  # malformed lines: file, line number, raw line, reason
+QUARANTINE = "quarantine"  # malformed lines: file, line number, raw text, bytes, length, reason
 EVENTS = "events"  # sessionized behaviors
 SESSIONS = "sessions"  # one row per session
 IMPRESSIONS = "impressions"  # labelled impressions (click, conversion, n_future_views)

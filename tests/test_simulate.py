@@ -154,6 +154,7 @@ def test_two_rounds_two_arms_end_to_end(spark, tmp_path):
     cfg = SimulateConfig(
         data_dir=str(tmp_path / "sim"),
         policies="greedy,uniform,greedy@uniform",
+        ope_arm="uniform",  # uniform logging has full support: the other arms' OPE
         rounds=2,
         seeds=1,
         users=120,
@@ -188,5 +189,12 @@ def test_two_rounds_two_arms_end_to_end(spark, tmp_path):
     # the data-effect arm serves greedy with uniform's models: same quality, its own logs
     borrowed = report["arms"]["greedy@uniform"]["rounds"]
     assert [r["ctr_auc"] for r in borrowed[1:]] == [r["ctr_auc"] for r in u[1:]]
+    for arm in ("greedy", "greedy@uniform"):
+        last = report["arms"][arm]["rounds"][-1]
+        assert last["ope_ips"] >= 0.0 and 0.0 <= last["ope_truth"] <= 1.0, last
+        assert last["ope_dr_error"] == pytest.approx(
+            last["ope_dr"] - last["purchases_per_impression"]
+        )
+    assert "ope_ips" not in report["arms"]["uniform"]["rounds"][-1]
     versions = client.search_model_versions("name='isrec-sim-greedy-on-uniform'")
     assert {v.tags["isrec.trains_on"] for v in versions} == {"uniform"}

@@ -291,3 +291,25 @@ def test_missing_required_files(spark, tmp_path):
         load_source(spark, "user_behavior", str(empty), CFG)
     with pytest.raises(InputError, match="unknown source"):
         load_source(spark, "nope", str(tmp_path), CFG)
+
+
+def test_wrong_format_names_what_it_looks_like(spark, real_data, tmp_path):
+    raw_sample = DATA / "taobao_ad_raw" / "raw_sample.csv"
+    with pytest.raises(InputError) as err:  # header on line 1: the taobao_ad layout
+        load_source(spark, "user_behavior", str(raw_sample), CFG)
+    assert str(err.value) == (
+        f"user_behavior: {raw_sample} has 6 columns where 5 are expected "
+        "(looks like taobao_ad raw_sample.csv: --source taobao_ad)"
+    )
+    joined = real_data / "taobao_display_ad" / "fuxictr_taobao_ad_tiny_joined.csv"
+    with pytest.raises(
+        InputError, match="has 19 columns where 5 are expected .*--source taobao_ad"
+    ):
+        load_source(spark, "user_behavior", str(joined), CFG)
+    aitm = (real_data / "ali_ccp" / "paddlerec_aitm_sample_test.csv").read_bytes()
+    (tmp_path / "sample_skeleton_train.csv").write_bytes(aitm)  # AITM rows named as raw
+    (tmp_path / "common_features_train.csv").write_text("")
+    with pytest.raises(
+        InputError, match=r"20 columns where 6 are expected \(looks like ali_ccp AITM"
+    ):
+        load_source(spark, "ali_ccp", str(tmp_path), CFG)

@@ -51,6 +51,7 @@ from etl.sources.base import (
     report,
     require_path,
 )
+from etl.sources.layout import parse_files
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ SKELETON = FileSpec(
     key=("sample_id",),
     checks=FEATURE_CHECKS,
     flags=((FLAG, _buy_without_click),),
+    layout="ali_ccp sample_skeleton_*.csv",
 )
 COMMON = FileSpec(
     SOURCE,
@@ -139,6 +141,7 @@ COMMON = FileSpec(
     headers=(("common_feature_index", "feature_num", "feature_list"),),
     key=("common_feature_index",),
     checks=FEATURE_CHECKS,
+    layout="ali_ccp common_features_*.csv",
 )
 TORCH_RECHUB = FileSpec(
     SOURCE,
@@ -151,6 +154,7 @@ TORCH_RECHUB = FileSpec(
     headers=(("click", "purchase", *TORCH_RECHUB_CATS, *[f"D{f}" for f in TORCH_RECHUB_DENSE]),),
     dedupe=False,  # label-encoded rows have no id: identical lines are distinct samples
     flags=((FLAG, _purchase_without_click),),
+    layout="ali_ccp torch-rechub csv",
 )
 AITM = FileSpec(
     SOURCE,
@@ -162,6 +166,7 @@ AITM = FileSpec(
     headers=(("click", "purchase", *AITM_CATS),),
     dedupe=False,
     flags=((FLAG, _purchase_without_click),),
+    layout="ali_ccp AITM csv",
 )
 PREPROCESSED = {"torch_rechub": TORCH_RECHUB, "aitm": AITM}
 
@@ -238,20 +243,19 @@ def _bronze_name(file: str) -> str:
 
 # --- raw format ---------------------------------------------------------------------------------
 def _load_raw(spark: SparkSession, skeletons: list[str], cfg: SourceConfig) -> SourceData:
-    parsed: list[ParsedFile] = []
+    splits = [split_of(f) for f in skeletons]
+    commons = [_common_file_of(spark, f) for f in skeletons]
+    files = [(f, SKELETON) for f in skeletons] + [(f, COMMON) for f in commons]
+    parsed = parse_files(spark, files, cfg.persist)
     reports: list[FileReport] = []
     wides: list[DataFrame] = []
-    for skeleton_file in skeletons:
-        split = split_of(skeleton_file)
-        common_file = _common_file_of(spark, skeleton_file)
-        skeleton = quality.parse_file(spark, skeleton_file, SKELETON, cfg.persist)
-        common = quality.parse_file(spark, common_file, COMMON, cfg.persist)
+    n = len(skeletons)
+    for skeleton, common, split in zip(parsed[:n], parsed[n:], splits, strict=True):
         wide, missing = _raw_wide(skeleton, common, split)
         if missing:
             log.warning(
-                "%s: %s: %d samples without common features", SOURCE, skeleton_file, missing
+                "%s: %s: %d samples without common features", SOURCE, skeleton.path, missing
             )
-        parsed += [skeleton, common]
         reports += [report(skeleton, {"missing_common_features": missing}), report(common)]
         wides.append(wide)
     return _source_data(spark, parsed, reports, wides)
@@ -353,14 +357,10 @@ def _key_columns() -> list[Column]:
 def _load_preprocessed(
     spark: SparkSession, fmt: str, files: list[str], cfg: SourceConfig
 ) -> SourceData:
-    spec = PREPROCESSED[fmt]
-    parsed, reports, wides = [], [], []
-    for file in files:
-        split = split_of(file)
-        p = quality.parse_file(spark, file, spec, cfg.persist)
-        parsed.append(p)
-        reports.append(report(p))
-        wides.append(_preprocessed_wide(p, split))
+    splits = [split_of(file) for file in files]
+    parsed = parse_files(spark, [(file, PREPROCESSED[fmt]) for file in files], cfg.persist)
+    reports = [report(p) for p in parsed]
+    wides = [_preprocessed_wide(p, split) for p, split in zip(parsed, splits, strict=True)]
     return _source_data(spark, parsed, reports, wides)
 
 

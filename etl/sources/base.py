@@ -116,23 +116,41 @@ def first_by_line(df: DataFrame, key: list[str]) -> DataFrame:
     return df.groupBy(*key).agg(best.alias("_b")).select(*key, "_b.*").drop("line_no")
 
 
-def check_reconciliation(reports: list[FileReport], max_quarantine_share: float) -> None:
-    """Raise InputError for an empty/unreadable file or a quarantined share above the threshold."""
+@dataclass(frozen=True)
+class Failure:
+    """Why a run's input fails reconciliation; ``quarantined``: the lines that make it fail are
+    in the quarantine (the run writes that table before it fails, so the message can name it)."""
+
+    message: str
+    quarantined: bool
+
+
+def reconciliation_failure(
+    reports: list[FileReport], max_quarantine_share: float
+) -> Failure | None:
+    """The first empty/unreadable file or quarantined share above the threshold, else None."""
     for r in reports:
         where = f"{r.source}: {r.file}"
         if r.read != r.kept + r.quarantined:
-            raise InputError(
-                f"{where}: read {r.read} != kept {r.kept} + quarantined {r.quarantined}"
+            return Failure(
+                f"{where}: read {r.read} != kept {r.kept} + quarantined {r.quarantined}", False
             )
         if r.read == 0:
-            raise InputError(f"{where}: file is empty (no data lines)")
+            return Failure(f"{where}: file is empty (no data lines)", False)
         if r.kept == 0:
-            raise InputError(
-                f"{where}: no readable line (all {r.read} quarantined; see the quarantine table)"
-            )
+            return Failure(f"{where}: no readable line (all {r.read} quarantined)", True)
         share = r.quarantined / r.read
         if share > max_quarantine_share:
-            raise InputError(
+            return Failure(
                 f"{where}: {r.quarantined} of {r.read} lines quarantined ({share:.2%} > "
-                f"max {max_quarantine_share:.2%}); see the quarantine table"
+                f"max {max_quarantine_share:.2%})",
+                True,
             )
+    return None
+
+
+def check_reconciliation(reports: list[FileReport], max_quarantine_share: float) -> None:
+    """Raise InputError for an empty/unreadable file or a quarantined share above the threshold."""
+    failure = reconciliation_failure(reports, max_quarantine_share)
+    if failure is not None:
+        raise InputError(failure.message)

@@ -34,6 +34,7 @@ from etl.sources.base import (
     require_file,
     require_path,
 )
+from etl.sources.layout import parse_files
 
 SOURCE = "taobao_ad"
 DEFAULT_DAYS = ("2017-01-01", "2018-01-01")  # valid time_stamp range (UTC+8 days)
@@ -55,6 +56,7 @@ RAW_SAMPLE = FileSpec(
         Field("clk", "label"),
     ),
     headers=(("user", "time_stamp", "adgroup_id", "pid", "nonclk", "clk"),),
+    layout="taobao_ad raw_sample.csv",
     checks=(("label_mismatch", _nonclk_not_complement),),
 )
 BEHAVIOR_LOG = FileSpec(
@@ -67,6 +69,7 @@ BEHAVIOR_LOG = FileSpec(
         Field("brand", nullable=True),
     ),
     headers=(("user", "time_stamp", "btag", "cate", "brand"),),
+    layout="taobao_ad behavior_log.csv",
 )
 AD_FEATURE = FileSpec(
     SOURCE,
@@ -79,6 +82,7 @@ AD_FEATURE = FileSpec(
         Field("price", "double"),
     ),
     headers=(("adgroup_id", "cate_id", "campaign_id", "customer", "brand", "price"),),
+    layout="taobao_ad ad_feature.csv",
     key=("adgroup_id",),
 )
 USER_PROFILE = FileSpec(
@@ -87,6 +91,7 @@ USER_PROFILE = FileSpec(
     # as published: the last name carries a trailing space (headers compare without spaces)
     headers=(("userid", *PROFILE_COLUMNS[:-1], "new_user_class_level "),),
     key=("userid",),
+    layout="taobao_ad user_profile.csv",
 )
 JOINED = FileSpec(
     SOURCE,
@@ -120,6 +125,7 @@ JOINED = FileSpec(
             "click_sequence",
         ),
     ),
+    layout="taobao_ad FuxiCTR joined csv",
 )
 RAW_FILES = {
     "raw_sample.csv": RAW_SAMPLE,
@@ -143,10 +149,8 @@ def load(spark: SparkSession, input_path: str, cfg: SourceConfig) -> SourceData:
     if not quality.is_dir(spark, path):
         raise InputError(f"{SOURCE}: {path} is not a directory nor a joined csv ({HINT})")
     files = {name: require_file(spark, SOURCE, path, name, HINT) for name in RAW_FILES}
-    parsed = {
-        name: quality.parse_file(spark, file, RAW_FILES[name].with_ts_range(ts_range), cfg.persist)
-        for name, file in files.items()
-    }
+    specs = [(file, RAW_FILES[name].with_ts_range(ts_range)) for name, file in files.items()]
+    parsed = dict(zip(files, parse_files(spark, specs, cfg.persist), strict=True))
     return _raw_outputs(spark, parsed)
 
 
@@ -193,7 +197,7 @@ def _load_joined(
     spark: SparkSession, files: list[str], ts_range: tuple[int, int], cfg: SourceConfig
 ) -> SourceData:
     spec = JOINED.with_ts_range(ts_range)
-    parsed = [quality.parse_file(spark, f, spec, cfg.persist) for f in files]
+    parsed = parse_files(spark, [(f, spec) for f in files], cfg.persist)
     rows = quality.union_all([p.rows() for p in parsed])
     return SourceData(
         behaviors=spark.createDataFrame([], BEHAVIORS),

@@ -26,6 +26,7 @@ from etl.sources.base import (
     report,
     require_path,
 )
+from etl.sources.layout import parse_files
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ USER_BEHAVIOR = FileSpec(
         ("user", "item", "category", "behavior", "ts"),
         ("user_id", "item_id", "category_id", "behavior_type", "timestamp"),
     ),
+    layout="user_behavior UserBehavior.csv",
 )
 # Spare candidates drawn per (user, second) beyond the negatives wanted, to replace the ones that
 # hit an item viewed in that second or repeat an earlier draw.
@@ -58,7 +60,7 @@ def load(spark: SparkSession, input_path: str, cfg: SourceConfig) -> SourceData:
     if not files:
         raise InputError(f"{SOURCE}: no *.csv file in {path}")
     spec = USER_BEHAVIOR.with_ts_range(cfg.ts_range(*DEFAULT_DAYS))
-    parsed = [quality.parse_file(spark, f, spec, cfg.persist) for f in files]
+    parsed = parse_files(spark, [(f, spec) for f in files], cfg.persist)
     rows = quality.union_all([p.rows() for p in parsed])
     behaviors = conform(
         rows,

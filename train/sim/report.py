@@ -25,6 +25,7 @@ TABLE = (
     ("ctcvr_auc", "{:.4f}"),
     ("ctcvr_oracle_gap", "{:.4f}"),
     ("regret", "{:.1f}"),
+    ("ope_dr_error", "{:+.4f}"),  # DR estimate from the OPE arm's logs minus the arm's own day
 )
 
 
