@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -53,7 +54,7 @@ from etl.sources.base import (
     reconciliation_failure,
 )
 from etl.spec import FeatureSpec
-from etl.tables import AD_TABLE, QUARANTINE
+from etl.tables import AD_TABLE, QUARANTINE, is_lake_entry
 from etl.vocab import vocab_sizes, vocabularies
 from etl.wide import build_wide_samples
 
@@ -91,6 +92,7 @@ class EtlSummary:
 def run_etl(spark: SparkSession, cfg: EtlConfig) -> EtlSummary:
     started = time.time()
     cfg.validate()
+    check_output_folder(cfg.output)
     summary = EtlSummary(source=cfg.source, lake=cfg.output)
     data = load_source(spark, cfg.source, storage.spark_uri(cfg.input), source_config(cfg))
     summary.reports = data.reports
@@ -106,6 +108,24 @@ def run_etl(spark: SparkSession, cfg: EtlConfig) -> EtlSummary:
     summary.splits = spec.splits
     summary.seconds = time.time() - started
     return summary
+
+
+def check_output_folder(output: str) -> None:
+    """InputError (before any read or write) for a local output that is a file or a folder
+    holding anything but a lake's tables: the ETL would write its tables among them."""
+    if storage.is_uri(output):
+        return  # an object-store prefix: no folder to mix tables into
+    path = Path(storage.local_path(output))
+    if path.is_file():
+        raise InputError(f"--output {output} is a file, not a folder for the lake")
+    strangers = (
+        sorted(p.name for p in path.iterdir() if not is_lake_entry(p.name)) if path.is_dir() else []
+    )
+    if strangers:
+        raise InputError(
+            f"--output {output} holds {len(strangers)} entries that are not a lake's tables "
+            f"(e.g. {strangers[0]!r}): give an empty or new folder, or an existing lake"
+        )
 
 
 def _write_tables(

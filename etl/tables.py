@@ -15,6 +15,26 @@ VOCAB = "vocab"  # vocabularies built on the train split
 AD_TABLE = "ads"  # one row per ad as the samples join it (shipped with models for online features)
 SAMPLES = "samples"  # encoded model inputs, one row per impression, partitioned by split/day
 
+SCORES = "scores"  # jobs/score.py: per-impression scores of a split (default output)
+RANKINGS = "rankings"  # jobs/score.py --policy: per-session rankings (default output)
+LAKE_TABLES = (
+    QUARANTINE,
+    EVENTS,
+    SESSIONS,
+    IMPRESSIONS,
+    VOCAB,
+    AD_TABLE,
+    SAMPLES,
+    SCORES,
+    RANKINGS,
+)
+
 DELTA_LOG_DIR = "_delta_log"
 MANIFEST_DIR = "_symlink_format_manifest"  # generated after each samples write
 SPLITS = ("train", "valid", "test")
+
+
+def is_lake_entry(name: str) -> bool:
+    """Whether a lake's top folder may hold ``name``: a table of the lake, ``_feature_spec.json``
+    and other ``_``/``.`` files of the tools that write it."""
+    return name in LAKE_TABLES or name.startswith((BRONZE_PREFIX, "_", "."))

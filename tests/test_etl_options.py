@@ -110,3 +110,19 @@ def test_user_cause_of_a_java_message():
         "cannot create the Delta table there: Cannot create file:/x/_delta_log"
     )
     assert user_cause(RuntimeError("NullPointerException in the planner")) is None
+
+
+def test_output_folder_of_other_files_is_refused(spark, tmp_path):
+    """A folder that holds anything but a lake's tables (or a file) is not written into."""
+    raw = tmp_path / "raw"  # never read: the output is refused first
+    raw.mkdir()
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(
+        InputError, match=r"holds 1 entries that are not a lake's tables \(e.g. 'notes.txt'\)"
+    ):
+        run_etl(spark, EtlConfig(input=str(raw), output=str(folder)))
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        run_etl(spark, EtlConfig(input=str(raw), output=str(folder / "notes.txt")))

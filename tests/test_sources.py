@@ -293,6 +293,15 @@ def test_missing_required_files(spark, tmp_path):
         load_source(spark, "nope", str(tmp_path), CFG)
 
 
+def test_ali_ccp_without_a_train_file_is_refused(spark, tmp_path):
+    """Only test files: no vocabulary could be built (every categorical field would be
+    dropped), so the source refuses before reading anything."""
+    for name in ("sample_skeleton_test.csv", "common_features_test.csv"):
+        (tmp_path / name).write_bytes((DATA / "ali_ccp_raw" / name).read_bytes())
+    with pytest.raises(InputError, match="no train file among sample_skeleton_test.csv"):
+        load_source(spark, "ali_ccp", str(tmp_path), CFG)
+
+
 def test_wrong_format_names_what_it_looks_like(spark, real_data, tmp_path):
     raw_sample = DATA / "taobao_ad_raw" / "raw_sample.csv"
     with pytest.raises(InputError) as err:  # header on line 1: the taobao_ad layout

@@ -222,6 +222,16 @@ def _numeric_row(line: str | None, n_columns: int) -> bool:
     return len(parts) == n_columns and all(re.fullmatch(r"[0-9.eE+-]+", p.strip()) for p in parts)
 
 
+def splits_of(files: list[str]) -> list[str]:
+    """Each file's split, refusing (before anything is read) an input without a train file:
+    its vocabularies would be empty and every categorical field dropped."""
+    splits = [split_of(f) for f in files]
+    if "train" not in splits:
+        names = ", ".join(f.rsplit("/", 1)[-1] for f in files)
+        raise InputError(f"{SOURCE}: no train file among {names}: the vocabularies need one")
+    return splits
+
+
 def split_of(file: str) -> str:
     name = file.rsplit("/", 1)[-1].lower()
     for token, split in (("train", "train"), ("val", "valid"), ("test", "test")):
@@ -243,7 +253,7 @@ def _bronze_name(file: str) -> str:
 
 # --- raw format ---------------------------------------------------------------------------------
 def _load_raw(spark: SparkSession, skeletons: list[str], cfg: SourceConfig) -> SourceData:
-    splits = [split_of(f) for f in skeletons]
+    splits = splits_of(skeletons)
     commons = [_common_file_of(spark, f) for f in skeletons]
     files = [(f, SKELETON) for f in skeletons] + [(f, COMMON) for f in commons]
     parsed = parse_files(spark, files, cfg.persist)
@@ -357,7 +367,7 @@ def _key_columns() -> list[Column]:
 def _load_preprocessed(
     spark: SparkSession, fmt: str, files: list[str], cfg: SourceConfig
 ) -> SourceData:
-    splits = [split_of(file) for file in files]
+    splits = splits_of(files)
     parsed = parse_files(spark, [(file, PREPROCESSED[fmt]) for file in files], cfg.persist)
     reports = [report(p) for p in parsed]
     wides = [_preprocessed_wide(p, split) for p, split in zip(parsed, splits, strict=True)]
