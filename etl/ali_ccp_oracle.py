@@ -3,7 +3,8 @@
 truth_ali_ccp.csv holds, per (skeleton file, sample_id), the true p_click, p_buy_given_click
 and expected further views; the lake's samples key an Ali-CCP row by
 ``xxhash64(file name, sample_id)`` (etl/sources/ali_ccp.py), so the join needs no impressions
-table. Returns the columns of etl/oracle.py's ``oracle_frame``.
+table. Returns the columns of etl/oracle.py's ``oracle_frame``; samples are read at the version
+the lake's feature spec records.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from etl.lake import read_table
+from etl.lake import read_recorded
 from etl.world.ali_ccp_writer import TRUTH_FILE
 
 
@@ -46,5 +47,5 @@ def ali_ccp_oracle_frame(
     spark: SparkSession, world_dir: str | Path, lake: str | Path, split: str = "test"
 ) -> pd.DataFrame:
     """Rows of ``split`` with labels, user_key and the oracle's pctr/pcvr/pctcvr/expected_views."""
-    samples = read_table(spark, lake, "samples").where(F.col("split") == split)
+    samples = read_recorded(spark, lake, "samples").where(F.col("split") == split)
     return with_truth(samples, ali_ccp_truth(spark, world_dir)).toPandas()

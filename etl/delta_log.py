@@ -1,16 +1,20 @@
-"""The project's one reader of Delta logs and symlink manifests, without Spark or a JVM.
+"""The project's one reader of Delta logs, without Spark or a JVM.
 
-Training workers, tracking and lineage read the lake through this module:
+Training workers, tracking, lineage and the lake's Spark readers resolve versions here:
 
 - ``delta_log(table)``: commit and checkpoint files by version, from one listing of
   ``<table>/_delta_log``;
 - ``latest_version(table)``: the highest committed version and its commit file;
-- ``files_at(table, version)``: the data files of a version (last checkpoint + later commits);
-- ``snapshot_files(lake, split, spec)``: the files of one split in the current version, read
-  from the symlink manifests the ETL generates after each samples write
-  (``samples/_symlink_format_manifest/split=<s>/day=<d>/manifest``). It refuses a manifest
-  older than the latest commit and a feature spec whose recorded version of the table is not the
-  latest commit, so a reader never mixes two ETL runs.
+- ``files_at(table, version)``: the data files of a version (last checkpoint + later commits),
+  optionally of one partition; a version the log does not hold is a ``SnapshotError``;
+- ``recorded_version(spec, table)``: the version of a table the lake's feature spec records;
+- ``snapshot_files(lake, split, spec)``: the files of one split of that version.
+
+Atomic runs. The ETL commits each table in turn and writes the feature spec last, whole or not
+at all: the spec is the run's commit marker. Readers read the versions the spec records (Delta
+time travel: an overwrite keeps the older version's files until a VACUUM), never a table's
+latest commit, so the commits of a run that failed or was killed before its spec are invisible:
+readers see the previous complete run exactly, and the next complete run moves them all at once.
 
 Locations are local folders or object-store URIs (etl/storage.py).
 """
@@ -20,20 +24,21 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 import pyarrow.parquet as pq
 
 from etl import storage
 from etl.spec import FeatureSpec
-from etl.tables import DELTA_LOG_DIR, MANIFEST_DIR, SAMPLES
+from etl.tables import DELTA_LOG_DIR, SAMPLES
 
 _COMMIT = re.compile(r"^(\d{20})\.json$")
 _CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint\.parquet$")  # single-part checkpoints
+SPLIT_COLUMN = "split"  # the samples partition column a snapshot is cut by
 
 
 class SnapshotError(RuntimeError):
-    """The lake has no usable snapshot (missing or stale manifest, spec/table mismatch)."""
+    """The lake has no usable snapshot (no table, no recorded version, version not in the log)."""
 
 
 def delta_log(table: str | Path) -> tuple[dict[int, str], dict[int, str]]:
@@ -56,79 +61,106 @@ def latest_version(table: str | Path) -> tuple[int, str]:
     return max(commits.items())
 
 
-def files_at(table: str | Path, version: int | None = None) -> list[str]:
-    """Data files of a Delta table at ``version`` (latest when None), read from its log."""
+def files_at(
+    table: str | Path, version: int | None = None, partition: dict[str, str] | None = None
+) -> list[str]:
+    """Data files of a Delta table at ``version`` (latest when None), read from its log; only
+    those whose partition values include ``partition`` when given."""
+    wanted = (partition or {}).items()
+    return [
+        storage.join(table, unquote(path))
+        for path, values in _adds_at(table, version).items()
+        if all(values.get(k) == v for k, v in wanted)
+    ]
+
+
+def _adds_at(table: str | Path, version: int | None) -> dict[str, dict[str, str]]:
+    """Active files of a version -> their partition values: last checkpoint at or before it,
+    then every later commit up to it (all of which the log must hold)."""
     commits, checkpoints = delta_log(table)
-    last = max(commits) if commits else -1
-    target = last if version is None else version
+    if not commits and not checkpoints:
+        raise SnapshotError(f"no Delta table at {table} (no {DELTA_LOG_DIR} commits): run the ETL")
+    target = max(commits | checkpoints) if version is None else int(version)
     start = max((v for v in checkpoints if v <= target), default=-1)
-    active: dict[str, None] = {}
+    gaps = [v for v in range(start + 1, target + 1) if v not in commits]
+    if not 0 <= target <= max(commits | checkpoints) or gaps:
+        held = f"{min(commits | checkpoints)}..{max(commits | checkpoints)}"
+        raise SnapshotError(
+            f"Delta version {target} of {table} is not in its log (it holds versions {held}"
+            f"{f', without commit {gaps[0]}' if gaps else ''}): rerun the ETL"
+        )
+    active: dict[str, dict[str, str]] = {}
     if start >= 0:
         fs, inner = storage.filesystem(checkpoints[start])
-        adds = pq.read_table(inner, columns=["add"], filesystem=fs).to_pandas()["add"].dropna()
-        active = dict.fromkeys(a["path"] for a in adds)
-    for v in sorted(c for c in commits if start < c <= target):
+        adds = pq.read_table(inner, columns=["add"], filesystem=fs).to_pylist()
+        active = {a["add"]["path"]: _values(a["add"]) for a in adds if a["add"]}
+    for v in range(start + 1, target + 1):
         for line in storage.read_text(commits[v]).splitlines():
-            action = json.loads(line)
+            action = json.loads(line) if line.strip() else {}
             if "add" in action:
-                active[action["add"]["path"]] = None
+                active[action["add"]["path"]] = _values(action["add"])
             elif "remove" in action:
                 active.pop(action["remove"]["path"], None)
-    return [storage.join(table, unquote(p)) for p in active]
+    return active
+
+
+def _values(add: dict) -> dict[str, str]:
+    """An add action's partition values (a JSON object in commits, a map in checkpoints)."""
+    return dict(add.get("partitionValues") or {})
+
+
+def recorded_version(spec: FeatureSpec, table: str) -> int:
+    """The Delta version of ``table`` the feature spec records: what every reader reads."""
+    recorded = spec.tables.get(table)
+    if recorded is None:
+        raise SnapshotError(f"the feature spec records no version of {table!r}: rerun the ETL")
+    return int(recorded)
+
+
+def snapshot_splits(
+    lake: str | Path, spec: FeatureSpec | None = None, table: str = SAMPLES
+) -> dict[str, list[str]]:
+    """split -> sorted file URIs (file:///..., s3://...) of that split in the version of
+    ``table`` the lake's feature spec records (one log replay for every split)."""
+    spec = spec if spec is not None else FeatureSpec.load(lake)
+    by_split = _split_uris(lake, spec, table)
+    _check_present([f for uris in by_split.values() for f in uris], spec, lake, table)
+    return by_split
 
 
 def snapshot_files(
     lake: str | Path, split: str, spec: FeatureSpec | None = None, table: str = SAMPLES
 ) -> list[str]:
-    """Sorted file URIs (file:///..., s3://...) of ``split`` in the current version of ``table``."""
-    table_dir = storage.join(lake, table)
-    version, commit = latest_version(table_dir)
+    """Sorted file URIs of ``split`` in the version of ``table`` the feature spec records."""
     spec = spec if spec is not None else FeatureSpec.load(lake)
-    _check_spec_version(spec, table, version, table_dir)
-    split_dir = storage.join(table_dir, MANIFEST_DIR, f"split={split}")
-    listed = storage.list_files(split_dir, recursive=True)
-    manifests = {m: mtime for m, mtime in sorted(listed.items()) if _name(m) == "manifest"}
-    if not manifests:
+    files = _split_uris(lake, spec, table).get(split)
+    if not files:
         raise SnapshotError(
-            f"no symlink manifest for split={split} under {storage.join(table_dir, MANIFEST_DIR)}: "
-            'run DeltaTable.forPath(spark, path).generate("symlink_format_manifest")'
+            f"Delta version {spec.tables[table]} of {storage.join(lake, table)} has no files of "
+            f"{SPLIT_COLUMN}={split}"
         )
-    committed = storage.mtime_ns(commit)
-    stale = [m for m, mtime in manifests.items() if mtime < committed]
-    if stale:
-        raise SnapshotError(
-            f"symlink manifest {stale[0]} is older than Delta version {version} of {table_dir}: "
-            "regenerate the manifest after the write"
-        )
-    files = sorted({storage.arrow_uri(_decode(line)) for m in manifests for line in _lines(m)})
-    missing = [f for f in files if f.startswith("file://") and not storage.is_file(f)]
-    if missing:
-        raise SnapshotError(f"manifest of {table_dir} lists missing file {missing[0]}")
+    _check_present(files, spec, lake, table)
     return files
 
 
-def _check_spec_version(spec: FeatureSpec, table: str, version: int, table_dir: str) -> None:
-    recorded = spec.tables.get(table)
-    if recorded is None:
-        raise SnapshotError(f"the feature spec records no version of {table!r}: rerun the ETL")
-    if recorded != version:
+def _split_uris(lake: str | Path, spec: FeatureSpec, table: str) -> dict[str, list[str]]:
+    table_dir = storage.join(lake, table)
+    by_split: dict[str, list[str]] = {}
+    for path, values in _adds_at(table_dir, recorded_version(spec, table)).items():
+        uri = storage.arrow_uri(storage.join(table_dir, unquote(path)))
+        by_split.setdefault(values.get(SPLIT_COLUMN, ""), []).append(uri)
+    return {split: sorted(uris) for split, uris in sorted(by_split.items())}
+
+
+def _check_present(files: list[str], spec: FeatureSpec, lake: str | Path, table: str) -> None:
+    """Local files of the version must exist (a VACUUM removes an old version's files)."""
+    missing = [f for f in files if f.startswith("file://") and not storage.is_file(f)]
+    if missing:
         raise SnapshotError(
-            f"{table_dir} is at Delta version {version} but the feature spec records version "
-            f"{recorded}: rerun the ETL so that table, manifest and spec agree"
+            f"Delta version {spec.tables[table]} of {storage.join(lake, table)} lists missing "
+            f"file {missing[0]} (vacuumed?): rerun the ETL"
         )
 
 
 def _name(location: str) -> str:
     return location.rstrip("/").rsplit("/", 1)[-1]
-
-
-def _lines(location: str) -> list[str]:
-    return [line.strip() for line in storage.read_text(location).splitlines() if line.strip()]
-
-
-def _decode(uri: str) -> str:
-    """Manifest entries are escaped Hadoop URIs (file:/x%20y, s3a://b/x%20y): unescape."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return unquote(parsed.path)
-    return f"{parsed.scheme}://{parsed.netloc}{unquote(parsed.path)}"

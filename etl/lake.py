@@ -2,7 +2,10 @@
 
 Writes are full overwrites of a table (or of the partitions named in ``replace_where``) in one
 Delta commit: a rerun over the same input yields the same contents, and a crash before the
-commit leaves the previous version readable.
+commit leaves the previous version readable. Consumers read a lake's tables with
+``read_recorded``: the versions its feature spec records (etl/delta_log.py, "Atomic runs"), so
+the commits of an unfinished ETL run are invisible; ``read_table`` without a version reads the
+latest commit, which only the ETL itself does (what its run has just written).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from pyspark.sql import DataFrame, SparkSession
 
 from etl import storage
 from etl.config import EtlConfig
-from etl.delta_log import latest_version
+from etl.delta_log import latest_version, recorded_version
+from etl.spec import FeatureSpec
 from etl.tables import SAMPLES
 
 
@@ -82,11 +86,23 @@ def table_version(spark: SparkSession, path: str) -> int:
     return latest_version(path)[0]
 
 
-def read_table(spark: SparkSession, lake: str | Path, name: str, version: int | None = None):
+def read_table(
+    spark: SparkSession, lake: str | Path, name: str, version: int | None = None
+) -> DataFrame:
+    """Table ``name`` at Delta ``version`` (time travel); None: its latest commit."""
     reader = spark.read.format("delta")
     if version is not None:
         reader = reader.option("versionAsOf", version)
     return reader.load(table_path(lake, name))
+
+
+def read_recorded(
+    spark: SparkSession, lake: str | Path, name: str, spec: FeatureSpec | None = None
+) -> DataFrame:
+    """Table ``name`` at the version the lake's feature spec (or ``spec``) records: the last
+    complete ETL run's, whatever a later unfinished run committed."""
+    spec = spec if spec is not None else FeatureSpec.load(lake)
+    return read_table(spark, lake, name, recorded_version(spec, name))
 
 
 def is_table(spark: SparkSession, lake: str | Path, name: str) -> bool:
@@ -96,8 +112,8 @@ def is_table(spark: SparkSession, lake: str | Path, name: str) -> bool:
 def write_samples(
     spark: SparkSession, samples: DataFrame, cfg: EtlConfig, write, n_rows: int | None = None
 ) -> DataFrame:
-    """Write samples partitioned by split/day in enough files for one shard per worker, then
-    the symlink manifest that training reads instead of scanning the table folder.
+    """Write samples partitioned by split/day in enough files for one shard per worker (no
+    manifest: readers list a version's files from the Delta log, etl/delta_log.py).
     ``n_rows``: the row count when the caller knows it (else one count of a cached copy)."""
     cached = None
     if n_rows is None:
@@ -108,5 +124,4 @@ def write_samples(
     written = write(samples.repartition(n_files, "impression_id"), SAMPLES, ["split", "day"])
     if cached is not None:
         cached.unpersist()
-    DeltaTable.forPath(spark, table_path(cfg.output, SAMPLES)).generate("symlink_format_manifest")
     return written

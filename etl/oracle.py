@@ -2,7 +2,8 @@
 
 The generator's truth.csv holds, per raw_sample row, p_click, p_buy_given_click and the expected
 further views; joined to the lake's impressions on (user, time, ad, slot) they give the best
-possible AUC on exactly the rows the models are scored on.
+possible AUC on exactly the rows the models are scored on. The lake's tables are read at the
+versions its feature spec records (the last complete ETL run).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from etl.lake import read_table
+from etl.lake import read_recorded
+from etl.spec import FeatureSpec
 
 TRUTH = T.StructType(
     [
@@ -38,10 +40,11 @@ def oracle_frame(
         .csv(str(Path(world_dir) / "truth.csv"))
         .select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in TRUTH.fields])
     )
-    impressions = read_table(spark, lake, "impressions").select(
+    spec = FeatureSpec.load(lake)
+    impressions = read_recorded(spark, lake, "impressions", spec).select(
         "impression_id", "user_id", "ts", "ad_id", "slot"
     )
-    samples = read_table(spark, lake, "samples").where(F.col("split") == split)
+    samples = read_recorded(spark, lake, "samples", spec).where(F.col("split") == split)
     joined = (
         samples.select("impression_id", "user_key", "click", "conversion", "n_future_views")
         .join(impressions, "impression_id")

@@ -8,6 +8,8 @@ is recorded in every row.
 
 Output (Delta, partitioned by split): impression_id (one row per impression), user_key, split,
 pctr, pcvr, pctcvr, expected_views, score, model_uri, model_version, samples_version, scored_at.
+The samples read are the version the lake's feature spec records unless one is asked for, so a
+later unfinished ETL run is never scored (etl/delta_log.py, "Atomic runs").
 The split's partition is overwritten in one commit, so a rerun replaces rather than duplicates.
 No torch import here (etl/ stays torch-free); mlflow loads the model in the Python workers.
 
@@ -33,8 +35,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from etl import storage
-from etl.lake import read_table, table_path, table_version
-from etl.tables import IMPRESSIONS, SAMPLES
+from etl.delta_log import recorded_version
+from etl.lake import read_recorded, read_table
+from etl.spec import FeatureSpec
+from etl.tables import IMPRESSIONS, RANKINGS, SAMPLES, SCORES
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +119,10 @@ def score_samples(
     beta: float | None = None,
 ) -> ScoreResult:
     """Score LAKE/samples (split ``split``) and overwrite that split of the Delta ``output``
-    (default LAKE/scores)."""
+    (default LAKE/scores). ``samples_version`` None: the version the lake's spec records."""
     resolved, model_version = resolve_model_uri(model_uri)
     version = (
-        table_version(spark, table_path(lake, SAMPLES))
+        recorded_version(FeatureSpec.load(lake), SAMPLES)
         if samples_version is None
         else samples_version
     )
@@ -132,7 +136,7 @@ def score_samples(
             "scored_at": F.current_timestamp(),
         }
     )
-    out = storage.spark_uri(output if output is not None else storage.join(lake, "scores"))
+    out = storage.spark_uri(output if output is not None else storage.join(lake, SCORES))
     delta_version = write_split(spark, scored, out, split)
     rows = spark.read.format("delta").load(out).where(F.col("split") == split).count()
     log.info("scored %d rows of split %s with %s into %s", rows, split, resolved, out)
@@ -176,7 +180,7 @@ def rank_sessions(
     in, its ranking out) and overwrite that split of ``output`` (default LAKE/rankings)."""
     scored = spark.read.format("delta").load(storage.spark_uri(scores))
     scored = scored.where(F.col("split") == split)
-    sessions = read_table(spark, lake, IMPRESSIONS).select("impression_id", "session_id")
+    sessions = read_recorded(spark, lake, IMPRESSIONS).select("impression_id", "session_id")
     slates = scored.join(sessions, "impression_id", "left").withColumn(
         "slate_key", F.coalesce(F.col("session_id"), -F.col("impression_id"))
     )
@@ -184,7 +188,7 @@ def rank_sessions(
     ranked = inputs.groupBy("user_key", "slate_key").applyInPandas(ranker, RANKING_TYPE)
     meta = slates.select("impression_id", "user_key", "session_id", "split", "model_version")
     rankings = meta.join(ranked, "impression_id").withColumn("policy", F.lit(policy))
-    out = storage.spark_uri(output if output is not None else storage.join(lake, "rankings"))
+    out = storage.spark_uri(output if output is not None else storage.join(lake, RANKINGS))
     delta_version = write_split(spark, rankings, out, split)
     rows = spark.read.format("delta").load(out).where(F.col("split") == split).count()
     log.info("ranked %d rows of split %s with policy %s into %s", rows, split, policy, out)

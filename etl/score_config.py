@@ -27,7 +27,10 @@ class ScoreConfig:
         default=None, metadata={"help": "Delta table path (default: LAKE/scores)"}
     )
     samples_version: int | None = field(
-        default=None, metadata={"help": "Delta version of samples read (default: the latest)"}
+        default=None,
+        metadata={
+            "help": "Delta version of samples read (default: the one the feature spec records)"
+        },
     )
     beta: float | None = field(
         default=None, metadata={"help": "ranking beta (default: the model's)"}

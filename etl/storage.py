@@ -1,7 +1,7 @@
 """Lake locations that are local folders or object-store URIs (``s3://``, ``s3a://``, ``gs://``).
 
 Spark reads and writes the lake through Hadoop (``s3a://``); everything else (the feature spec,
-the Delta log and symlink manifests that training workers read, predictions) goes through
+the Delta log that training workers read, predictions) goes through
 ``pyarrow.fs``, which needs no JVM. Both sides take their S3 endpoint from the standard
 ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` variables and their credentials from the AWS
 default chain, so one environment points Spark, Petastorm and Ray at the same S3-compatible

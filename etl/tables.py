@@ -30,7 +30,6 @@ LAKE_TABLES = (
 )
 
 DELTA_LOG_DIR = "_delta_log"
-MANIFEST_DIR = "_symlink_format_manifest"  # generated after each samples write
 SPLITS = ("train", "valid", "test")
 
 

@@ -207,7 +207,7 @@ def build_champion(spark, root: Path) -> Champion:
         return _CACHE["champion"]
     lake = root / "lake"
     frame = make_frame(rows_per_day=60)
-    spec = write_samples(spark, lake, files=2, manifest=False, frame=frame)
+    spec = write_samples(spark, lake, files=2, frame=frame)
     uri = sqlite_uri(root / "mlflow")
     result = make_result(root / "train", spec, frame, lake=lake)
     # lake, spec and samples version come from the result, as with train.loop's TrainResult

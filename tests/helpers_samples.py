@@ -1,7 +1,7 @@
 """A small ``samples`` table with the layout the ETL writes (for data and loop tests).
 
 ``write_samples`` writes LAKE/samples (Delta, partitioned by split and day, >= ``files`` parquet
-files per day), regenerates the symlink manifest and saves LAKE/_feature_spec.json with the
+files per day) and saves LAKE/_feature_spec.json with the
 Delta version written, exactly as jobs/etl.py does. Labels depend on the features, so a model
 that learns anything scores AUC above 0.5.
 """
@@ -15,11 +15,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
-from etl.lake import table_path, write_table
+from etl.lake import write_table
 from etl.spec import FeatureSpec, FieldSpec
 
 MAX_LEN = 5
@@ -132,16 +131,13 @@ def write_samples(
     seed: int = 0,
     id_offset: int = 0,
     files: int = 4,
-    manifest: bool = True,
     save_spec: bool = True,
     frame: pd.DataFrame | None = None,
 ) -> FeatureSpec:
-    """(Over)write LAKE/samples like the ETL: Delta commit, symlink manifest, then the spec."""
+    """(Over)write LAKE/samples like the ETL: the Delta commit, then the spec."""
     pdf = make_frame(rows_per_day, seed, id_offset) if frame is None else frame
     df = spark.createDataFrame(pdf, schema=samples_schema()).repartition(files)
     version = write_table(df, lake, "samples", partition_by=["split", "day"])
-    if manifest:
-        DeltaTable.forPath(spark, table_path(lake, "samples")).generate("symlink_format_manifest")
     splits = {s: d for s, d in SPLIT_DAYS.items() if s in set(pdf["split"])}
     spec = make_spec(version, splits)
     if save_spec:

@@ -1,8 +1,9 @@
 """Training data: the snapshot file list of a Delta version, shard plans and torch batch loaders.
 
-Snapshot. ``etl.delta_log.snapshot_files(lake, split)`` reads the Delta
-symlink manifests the ETL generates after each write, so a worker never scans the table folder
-(which still holds the files of older versions) and needs no JVM.
+Snapshot. ``etl.delta_log.snapshot_files(lake, split)`` lists the files of the samples version
+the lake's feature spec records from the Delta log (last checkpoint + later commits), so a
+worker never scans the table folder (which still holds the files of other versions, including
+those of an unfinished later ETL run) and needs no JVM.
 
 Sharding. Files are taken in sorted order, files with no rows are dropped (Petastorm stops
 early on empty files), and their row groups are numbered in (file, row group) order. Row group

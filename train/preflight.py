@@ -2,7 +2,9 @@
 
 ``preflight(cfg)`` validates the options, finds the lake and its feature spec, builds the model
 once on a dummy batch (so a model/spec mismatch fails here, not in every worker) and resolves the
-snapshot files of every split. Every failure is a ``ConfigError`` with a one-line message.
+snapshot files of every split: those of the samples version the feature spec records, so a run
+reads the last complete ETL run whatever a later unfinished one committed. Every failure is a
+``ConfigError`` with a one-line message.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from datetime import datetime
 import torch
 
 from etl import storage
-from etl.delta_log import SnapshotError, snapshot_files
+from etl.delta_log import SnapshotError, snapshot_splits
 from etl.spec import FeatureSpec
-from etl.tables import DELTA_LOG_DIR, MANIFEST_DIR, SAMPLES, SPLITS
+from etl.tables import DELTA_LOG_DIR, SAMPLES, SPLITS
 from train.data import batch_columns
 from train.metrics import metric
 from train.models.base import PREDICTIONS
@@ -119,15 +121,15 @@ def dummy_batch(spec: FeatureSpec, rows: int = 2) -> dict[str, torch.Tensor]:
 
 
 def _snapshot(lake: str, spec: FeatureSpec) -> dict[str, list[str]]:
-    manifests = storage.join(lake, SAMPLES, MANIFEST_DIR)
-    listed = [s for s in SPLITS if storage.is_dir(storage.join(manifests, f"split={s}"))]
-    wanted = [s for s in SPLITS if spec.splits.get(s) or s in listed]
-    if "train" not in wanted:
-        raise ConfigError(f"lake {lake} has no train split in its samples manifest or spec")
     try:
-        files = {split: snapshot_files(lake, split, spec) for split in wanted}
+        listed = snapshot_splits(lake, spec)
     except SnapshotError as exc:
         raise ConfigError(str(exc)) from None
-    if not files["train"]:
-        raise ConfigError(f"the train split of {lake} has no files")
-    return files
+    wanted = [s for s in SPLITS if spec.splits.get(s) or s in listed]
+    if "train" not in wanted:
+        raise ConfigError(f"lake {lake} has no train split in its samples table or spec")
+    empty = [s for s in wanted if not listed.get(s)]
+    if empty:
+        version = spec.tables.get(SAMPLES)
+        raise ConfigError(f"split {empty[0]} of {lake} has no files in samples version {version}")
+    return {split: listed[split] for split in wanted}

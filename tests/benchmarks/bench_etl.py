@@ -13,7 +13,7 @@ Not run by CI. Steps:
    (Spark is lazy: a write's time includes computing its input, e.g. the ``events`` write runs
    ``sessionize``; the ``label_and_history`` pass runs in the aggregation of its persisted
    output that gives the label stats and row count, timed with the ``impressions`` write) and
-   ``write_samples`` (repartitioned write, manifest). ``other`` is the rest of
+   ``write_samples`` (repartitioned write). ``other`` is the rest of
    ``run_etl`` (Delta log reads after each write, the split/known-column collects, label stats).
 3. DuckDB (in a second child process, ``PRAGMA threads``): the same CSVs read with explicit
    column types (exact duplicate lines dropped, as the Spark parser quarantines them), the same

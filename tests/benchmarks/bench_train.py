@@ -47,10 +47,9 @@ def write_lake(lake: Path, rows: int, max_len: int, files: int) -> FeatureSpec:
     """A Delta samples table (split by row share 80/10/10) with the bench_loader columns."""
     from bench_loader import make_spec  # sibling script (its folder is on sys.path)
     from bench_loader import write_table as write_parquet
-    from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
-    from etl.lake import table_path, write_table
+    from etl.lake import write_table
     from etl.spark import get_spark
 
     spec = make_spec(max_len)
@@ -63,7 +62,6 @@ def write_lake(lake: Path, rows: int, max_len: int, files: int) -> FeatureSpec:
         day = F.create_map(*[F.lit(x) for kv in SPLIT_DAYS.items() for x in kv])[F.col("split")]
         df = df.withColumn("day", day.cast("date")).repartition(files)
         version = write_table(df, lake, "samples", partition_by=["split", "day"])
-    DeltaTable.forPath(spark, table_path(lake, "samples")).generate("symlink_format_manifest")
     spark.stop()
     spec.splits = {s: [d] for s, d in SPLIT_DAYS.items()}
     spec.tables = {"samples": version}

@@ -110,7 +110,7 @@ def _names(text: str) -> list[str]:
 # --- export -------------------------------------------------------------------------------------
 def read_split(lake: str | Path, split: str, spec: FeatureSpec) -> pa.Table:
     """The ``spec.columns()`` of ``split`` in the samples version the spec records, sorted by
-    impression_id (snapshot_files refuses a spec that is not the table's latest version)."""
+    impression_id (the version the spec records, whatever the table committed later)."""
     parts = []
     for uri in snapshot_files(lake, split, spec):
         filesystem, path = storage.filesystem(uri)

@@ -7,6 +7,8 @@ Delta version, row and file counts and whose schema is the table's (the UI's dat
 shows both), plus the lake's feature spec as ``data/feature_spec.json``. ``read_sample_rows``
 reads a few rows of the samples table at the version trained on, without Spark, through
 ``etl.delta_log`` (the project's one Delta-log reader): the logged model's input example.
+Versions come from the run (the samples version it trained on) or else from the lake's feature
+spec, never from a table's latest commit, which may belong to an unfinished ETL run.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 from etl import storage
-from etl.delta_log import files_at
+from etl.delta_log import SnapshotError, files_at
 from etl.spec import FeatureSpec
 from etl.tables import SAMPLES
 from train.tracking.store import TAG
@@ -94,7 +96,7 @@ def delta_dataset(read: TableRead) -> MetaDataset:
         files = files_at(read.path, read.version)
         rows, schema = _footers(files)
         profile |= {"num_rows": rows, "num_files": len(files)}
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SnapshotError) as exc:
         log.warning("no profile for %s@v%d: %s", read.path, read.version, exc)
     # the name carries the version: DeltaDatasetSource.to_dict drops a version of 0
     return ProfiledDataset(source, f"{read.name}@v{read.version}", digest, schema, profile)
@@ -174,6 +176,6 @@ def example_rows(reads: list[TableRead], spec: FeatureSpec) -> pd.DataFrame | No
         return None
     try:
         return read_sample_rows(samples.path, spec, samples.version)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SnapshotError) as exc:
         log.warning("no input example from %s: %s", samples.path, exc)
         return None
