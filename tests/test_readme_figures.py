@@ -47,14 +47,21 @@ def quality_row(model: str) -> tuple[str, str, list[Key]]:
 
 CHECKS: list[tuple[str, str, list[Key]]] = [
     (
-        r"in-process p50/p99 #/# ms, served #/# ms,\s+batch # scorings/s",
+        r"in-process p50/p99\s+#/# ms, served #/# ms, forward pass # ms p50, batch # encoded "
+        r"samples\s+rows/s \(forward pass alone #/s: the GRU over each row's # steps on "
+        r"average\) and #\s+candidate scorings/s for # raw requests",
         "bench_serving.json",
         [
             "in_process.predict.p50_ms",
             "in_process.predict.p99_ms",
             "served.post.p50_ms",
             "served.post.p99_ms",
+            "in_process.forward.p50_ms",
             "in_process.batch.predict.per_s_median",
+            "in_process.batch.forward.per_s_median",
+            "in_process.batch.mean_hist_len",
+            "in_process.batch_requests.per_s_median",
+            "in_process.batch_requests.requests",
         ],
     ),
     (
