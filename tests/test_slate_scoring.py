@@ -46,6 +46,27 @@ def test_attention_equals_the_concatenated_form(hidden: tuple[int, ...], side_di
         torch.testing.assert_close(a, b)
 
 
+def rows_of(gru_input) -> int:
+    """Rows the GRU ran on: a padded batch or a packed sequence."""
+    return len(gru_input) if isinstance(gru_input, torch.Tensor) else int(gru_input.batch_sizes[0])
+
+
+@pytest.mark.parametrize("length", [8, 5])
+def test_gru_on_rows_of_one_length_equals_the_packed_path(length: int) -> None:
+    """A slate's rows share one length: the GRU runs unpacked over that prefix, same outputs."""
+    torch.manual_seed(0)
+    gru = GRUEncoder(5, 7, packed=True)
+    x, lengths = torch.randn(4, 8, 5), torch.full((4,), length)
+    fast = gru(x, lengths)
+    mixed = gru(torch.cat([x, x[:1]]), torch.cat([lengths, torch.tensor([length - 1])]))
+    reference = GRUEncoder(5, 7, packed=False)
+    reference.load_state_dict(gru.state_dict())
+    for a, b in zip(fast, reference(x, lengths), strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(fast[0], mixed[0][:4])  # and the packed path agrees
+    assert torch.equal(fast[0][:, length:], torch.zeros(4, 8 - length, 7))
+
+
 def test_distinct_rows_groups_equal_rows() -> None:
     key = torch.tensor([[1, 2], [3, 4], [1, 2], [1, 2], [5, 6]])
     first, inverse = distinct_rows(key)
@@ -66,8 +87,7 @@ def test_gru_on_distinct_rows_equals_every_row(packed: bool) -> None:
     gru.gru.register_forward_hook(lambda m, i, o: runs.append(i[0]))
     for a, b in zip(gru(x, lengths, key), gru(x, lengths), strict=True):
         torch.testing.assert_close(a, b)
-    first_batch = runs[0].batch_sizes[0] if packed else len(runs[0])
-    assert first_batch == 3  # the GRU saw the three distinct rows, not seven
+    assert rows_of(runs[0]) == 3  # the GRU saw the three distinct rows, not seven
 
 
 def slate(batch: dict[str, torch.Tensor], row: int, k: int) -> dict[str, torch.Tensor]:
@@ -88,7 +108,7 @@ def test_slate_outputs_equal_one_candidate_at_a_time(match_position: str) -> Non
     request = slate(batch, row, 30)
     model = build_model("rnn_mtl", spec, {**TINY, "match_position": match_position}).eval()
     rows_run = []
-    model.gru.gru.register_forward_hook(lambda m, i, o: rows_run.append(int(i[0].batch_sizes[0])))
+    model.gru.gru.register_forward_hook(lambda m, i, o: rows_run.append(rows_of(i[0])))
     with torch.no_grad():
         together = model(request)
         alone = [model({n: v[i : i + 1] for n, v in request.items()}) for i in range(30)]
@@ -118,7 +138,7 @@ def test_training_runs_every_row() -> None:
     request = slate(batch, int(torch.argmax(batch["hist_len"])), 20)
     model = build_model("rnn_mtl", spec, TINY).train()
     sizes = []
-    model.gru.gru.register_forward_hook(lambda m, i, o: sizes.append(int(i[0].batch_sizes[0])))
+    model.gru.gru.register_forward_hook(lambda m, i, o: sizes.append(rows_of(i[0])))
     model(request)
     assert sizes == [20]
     assert isinstance(model.attention.score[0], nn.Linear)
