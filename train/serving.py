@@ -275,11 +275,11 @@ class SlateScorer:
         dense = {f.name for f in spec.fields if f.kind == "dense"}
         names = [f.name for f in spec.fields] + ([spec.length_field] if spec.sequence else [])
         self.dtypes = {n: np.float32 if n in dense else np.int64 for n in names}  # model inputs
+        self.first = names[0]  # any input column: its length is the rows of an encoded request
 
     def __call__(self, requests: Sequence[Request]) -> list[dict[str, np.ndarray]]:
         """Every request's candidates in one forward pass per ``max_rows`` rows: the GRU then
         runs once per distinct history row across the whole batch (train/models/rnn_mtl.py)."""
-        import torch
 
         from etl.online import encode_request
 
@@ -289,19 +289,27 @@ class SlateScorer:
                 encoded.append(encode_request(self.bundle, request.online(), strict=True))
             except ValueError as exc:
                 raise BadRequest(f"request for user {request.user_id}: {exc}") from None
-        outputs: dict[str, list[np.ndarray]] = {k: [] for k in SCORED}
-        for chunk in _chunks([len(r.candidates) for r in requests], self.max_rows):
-            columns = {n: np.concatenate([encoded[i][n] for i in chunk]) for n in self.dtypes}
-            with torch.no_grad():
-                out = self.model(self.tensors(columns))
-            for k in SCORED:
-                outputs[k].append(out[k].double().numpy())
-        flat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in outputs.items()}
+        flat = self.score_encoded(encoded)
         ends = np.cumsum([len(r.candidates) for r in requests])
         return [
             {k: flat[k][end - len(r.candidates) : end] for k in SCORED}
             for r, end in zip(requests, ends, strict=True)
         ]
+
+    def score_encoded(self, encoded: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The network's outputs (``SCORED``) for the rows of several ``encode_request``
+        results, concatenated in order, one forward pass per ``max_rows`` rows."""
+        import torch
+
+        sizes = [len(columns[self.first]) for columns in encoded]
+        outputs: dict[str, list[np.ndarray]] = {k: [] for k in SCORED}
+        for chunk in _chunks(sizes, self.max_rows):
+            columns = {n: np.concatenate([encoded[i][n] for i in chunk]) for n in self.dtypes}
+            with torch.no_grad():
+                out = self.model(self.tensors(columns))
+            for k in SCORED:
+                outputs[k].append(out[k].double().numpy())
+        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in outputs.items()}
 
     def tensors(self, columns: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """The model's batch from encode_request's columns."""

@@ -87,17 +87,11 @@ class ModelScorer:
         from train.serving import SlateScorer
 
         self.model, self.bundle = model.eval(), bundle
-        self._tensors = SlateScorer(model, bundle).tensors
+        self._scorer = SlateScorer(self.model, bundle)
 
     def __call__(self, requests: list[RankRequest], k: int) -> dict[str, np.ndarray]:
-        import torch
-
-        encoded = [encode_request(self.bundle, r) for r in requests]
-        columns = {n: np.concatenate([e[n] for e in encoded]) for n in encoded[0]}
-        with torch.no_grad():
-            out = self.model(self._tensors(columns))
-        names = ("pctr", "pcvr", "pctcvr", "expected_views")
-        return {n: out[n].double().numpy().reshape(len(requests), k) for n in names}
+        flat = self._scorer.score_encoded([encode_request(self.bundle, r) for r in requests])
+        return {n: v.reshape(len(requests), k) for n, v in flat.items()}
 
 
 class ModelSlatePolicy:
