@@ -28,11 +28,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(cfg: EtlConfig, master: str | None) -> int:
     from etl import storage
-    from etl.pipeline import run_etl
+    from etl.pipeline import check_output_folder, run_etl
     from etl.spark import get_spark
 
     if not storage.is_uri(cfg.input) and not Path(cfg.input).exists():  # one line before Spark
         raise FileNotFoundError(f"{cfg.source}: input path not found: {cfg.input}")
+    check_output_folder(cfg.output)  # run_etl checks again: the library's callers
     object_store = storage.is_s3(cfg.input) or storage.is_s3(cfg.output)
     spark = get_spark("isrec-etl", master=master, object_store=object_store)
     summary = run_etl(spark, cfg)
