@@ -7,6 +7,7 @@ and, quickly, its table (train/report.py) and the training options it hands on.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("esmm", "rnn_mtl")
+STORE_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 TERMINAL_LINE = re.compile(r"full log: \S+|\[ *\d+s\] .+|        (\w+ seed \d+: .+|warning: .+)")
 
 
@@ -35,7 +37,9 @@ def run_quickstart(data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
         ",".join(MODELS),
         *extra,
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=1500, cwd=ROOT)
+    # as a user's shell would: no MLflow store exported by an earlier test's set_tracking_uri
+    env = {k: v for k, v in os.environ.items() if k not in STORE_VARIABLES}
+    return subprocess.run(command, capture_output=True, text=True, timeout=1500, cwd=ROOT, env=env)
 
 
 def table_rows(stdout: str) -> dict[str, list[float]]:

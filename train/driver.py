@@ -73,6 +73,15 @@ def connect_ray(cfg: TrainConfig) -> None:
         raise ConfigError(f"Ray token authentication failed: {exc}".replace("\n", " ")) from None
 
 
+def disconnect_ray() -> None:
+    """Stop the local Ray this process started (or leave the cluster it joined) once no more
+    training follows, so the Spark steps after it do not share the machine with an idle Ray."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def _check_auth(address: str) -> None:
     """Ray >= 2.52 token auth (RAY_AUTH_MODE=token): a cluster we join needs the token; a local
     cluster generates one (~/.ray/auth_token) itself."""

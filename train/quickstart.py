@@ -170,6 +170,9 @@ def run_quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     with timed(seconds, "etl"):
         lake = etl_lake(cfg, raw, data)
     rows = train_all(cfg, lake, seconds)
+    from train.driver import disconnect_ray
+
+    disconnect_ray()  # an idle driver's Ray once died of a Ray CHECK failure while Spark scored
     oracle = None
     if (raw / "truth.csv").is_file():
         with timed(seconds, "oracle"):
