@@ -322,6 +322,25 @@ def test_priors_set_the_base_rates(spec: FeatureSpec, batch: dict[str, torch.Ten
             assert out["expected_views"].mean().item() == pytest.approx(3.0, rel=0.2)
 
 
+def _views_grad_norm(spec: FeatureSpec, batch: dict[str, torch.Tensor], factor: float) -> float:
+    """Norm of the weighted views loss's gradient on rnn_mtl's shared layers, counts x factor."""
+    torch.manual_seed(0)
+    model = build_model("rnn_mtl", spec, TINY)
+    scaled = dict(batch, n_future_views=batch["n_future_views"] * factor)
+    model.set_priors({"ctr": 0.3, "cvr": 0.5, "views": scaled["n_future_views"].mean().item()})
+    parts = model.loss(model(scaled), scaled)
+    (parts["loss"] - parts["ctr_loss"] - parts["ctcvr_loss"]).backward()
+    return torch.cat([p.grad.flatten() for p in model.shared.parameters()]).norm().item()
+
+
+def test_views_loss_weight_is_scale_free(spec: FeatureSpec, batch: dict[str, torch.Tensor]):
+    """explore_weight means the same whatever the world's views per impression: the Poisson
+    gradient (rate - count) grows with the counts, the divisor (the train mean) undoes it.
+    Unscaled, 10x the counts gave ~10x the views gradient on the layers CTR shares."""
+    ratio = _views_grad_norm(spec, batch, 10.0) / _views_grad_norm(spec, batch, 1.0)
+    assert 0.5 < ratio < 2.0, ratio
+
+
 def test_ctcvr_loss_is_stable_and_exact() -> None:
     ctr = torch.tensor([-3.0, 0.0, 2.0, 40.0, 200.0, -200.0], requires_grad=True)
     cvr = torch.tensor([1.0, -1.0, 0.5, 40.0, 200.0, -200.0], requires_grad=True)

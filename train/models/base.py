@@ -45,13 +45,20 @@ class BaseModel(nn.Module):
         # CTR AUC 0.32 after 20 steps on a 2000-user world) until many steps undo it.
         # (no views offset without an exploration tower: DDP rejects unused parameters)
         self.output_bias = nn.Parameter(torch.zeros(3 if self.has_exploration else 2))
+        # the Poisson loss's divisor: the train split's mean further views (set_priors). Its
+        # gradient per row, rate - count, is ~std(count) (~11 on the quickstart world) against
+        # a BCE's ~0.1; unscaled, explore_weight 0.1 let the views task drive the shared layers
+        # and cost rnn_mtl 0.013 test CTR AUC there (README "Training defaults").
+        self.views_scale = 1.0
 
     def set_priors(self, priors: Mapping[str, float]) -> None:
         """Offsets = log-odds of ``ctr`` and ``cvr`` (conversions per click), log of ``views``
         (mean further views), clamped to finite values (train.data.label_priors)."""
         values = [_logit(priors["ctr"]), _logit(priors["cvr"])]
         if self.has_exploration:
-            values.append(math.log(min(max(priors["views"], 1e-6), 1e6)))
+            views = min(max(priors["views"], 1e-6), 1e6)
+            values.append(math.log(views))
+            self.views_scale = max(views, 1.0)
         with torch.no_grad():
             self.output_bias.copy_(torch.tensor(values, dtype=self.output_bias.dtype))
 
@@ -79,14 +86,15 @@ class BaseModel(nn.Module):
     def loss(
         self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """Total ``loss`` plus its unweighted components."""
+        """Total ``loss`` plus its unweighted components (``views_loss`` enters the total
+        divided by ``views_scale``)."""
         fn = entire_space_loss if self.entire_space else conventional_loss
         parts = fn(outputs["ctr_logit"], outputs["cvr_logit"], batch["click"], batch["conversion"])
         second = parts.get("ctcvr_loss", parts.get("cvr_loss"))
         total = self.cfg.ctr_weight * parts["ctr_loss"] + self.cfg.cvr_weight * second
         if self.has_exploration:
             parts["views_loss"] = poisson_loss(outputs["log_views"], batch["n_future_views"])
-            total = total + self.cfg.explore_weight * parts["views_loss"]
+            total = total + self.cfg.explore_weight * parts["views_loss"] / self.views_scale
         return {"loss": total, **parts}
 
 
