@@ -1,4 +1,5 @@
-"""Shared fixtures: one real local Spark session with Delta for the whole test run."""
+"""Shared fixtures: one real local Spark session with Delta for the whole test run; a local Ray
+cluster per module that asks for one."""
 
 from __future__ import annotations
 
@@ -49,3 +50,20 @@ def ranker(spark, tmp_path_factory):
     from helpers_ranker import build_ranker
 
     return build_ranker(spark, tmp_path_factory.mktemp("ranker"))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real local Ray (2 CPUs, small object store) for the module's training runs."""
+    import ray
+
+    for attempt in range(3):  # a loaded CI box can miss Ray's fixed 30 s raylet start window
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
+    yield
+    ray.shutdown()

@@ -7,10 +7,6 @@ Real local Ray (2 CPUs), real Petastorm, a real Delta samples table written by l
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +15,9 @@ import pytest
 import torch
 
 from tests.helpers_samples import shared_lake
+from tests.helpers_training import one_line_error, run_with_worker_killed
 from train import driver
 from train.driver import run_training
-from train.preflight import ConfigError
 from train.results import SeedsResult, TrainResult
 from train.train_config import TrainConfig, parse_config
 
@@ -33,22 +29,6 @@ ESMM_SMALL = {"embedding_dim": "4", "tower_hidden": "8"}
 @pytest.fixture(scope="module")
 def lake(spark, tmp_path_factory):
     return shared_lake(spark, tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    for attempt in range(3):  # a loaded CI box can miss Ray's fixed 30 s raylet start window
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2)
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
-    yield
-    ray.shutdown()
 
 
 def make_cfg(lake_path: Path, storage: Path, **kw) -> TrainConfig:
@@ -75,14 +55,6 @@ def no_ray(monkeypatch):
         raise AssertionError("Ray must not start when the pre-flight fails")
 
     monkeypatch.setattr(driver, "connect_ray", boom)
-
-
-def one_line_error(cfg: TrainConfig, match: str) -> str:
-    with pytest.raises(ConfigError, match=match) as info:
-        run_training(cfg)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 def test_preflight_unknown_early_stop_metric(no_ray, tmp_path):
@@ -171,21 +143,7 @@ def test_resume_after_a_worker_is_killed(ray_cluster, lake, tmp_path):
         loader="pyarrow",
         hook_pid_file=str(pid_file), hook_at="1:1",  # epoch 1, step 1: after 1 checkpoint
     )  # fmt: skip
-    killed: list[int] = []
-
-    def kill_when_ready() -> None:
-        deadline = time.time() + 300
-        while time.time() < deadline and not pid_file.exists():
-            time.sleep(0.2)
-        if pid_file.exists():
-            pid = int(pid_file.read_text())
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-
-    killer = threading.Thread(target=kill_when_ready, daemon=True)
-    killer.start()
-    result = run_training(cfg)
-    killer.join(timeout=5)
+    result, killed = run_with_worker_killed(cfg)
 
     assert killed, "the worker never reached the test hook"
     assert result.resumed_from_epoch == 1 and result.epochs_run == 2

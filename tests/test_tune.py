@@ -34,22 +34,6 @@ def lake(spark, tmp_path_factory):
     return shared_lake(spark, tmp_path_factory.getbasetemp())
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    for attempt in range(3):  # a loaded box can miss Ray's fixed 30 s raylet start window
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2)
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
-    yield
-    ray.shutdown()
-
-
 # --- search spaces ------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", sorted(MODEL_CONFIGS))
 def test_default_space_of_every_model_builds_its_model_config(model):

@@ -3,8 +3,9 @@ worker group resumes from it.
 
 A checkpoint folder holds model.pt (current weights; in the final checkpoint the best epoch's),
 optimizer.pt, best_weights.pt (when the best epoch is not the current one), state.json
-(``LoopState``), feature_spec.json and model.json (model name and params), enough to rebuild the
-model anywhere (train/pyfunc.py). Rank 0 writes it; every rank reports through ray.train.
+(``LoopState``), feature_spec.json and model.json (model name and params, and the lake it was
+trained on, where a warm start finds its vocabularies: train/warm_start.py), enough to rebuild
+the model anywhere (train/pyfunc.py). Rank 0 writes it; every rank reports through ray.train.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def save_checkpoint(worker: Worker, folder: Path, final: bool = False) -> None:
     (folder / STATE_FILE).write_text(json.dumps(asdict(state), default=_json_default))
     (folder / SPEC_FILE).write_text(worker.spec.to_json())
     info = {"model": worker.cfg.model, "model_params": worker.cfg.model_params}
+    info["lake"] = worker.cfg.lake
     (folder / MODEL_INFO_FILE).write_text(json.dumps(info))
 
 

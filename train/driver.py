@@ -115,6 +115,7 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult
             "spec": prepared.spec.to_json(),
             "files": prepared.files,
             "predictions_path": prepared.predictions_path,
+            "init_state": _put(prepared.init_state),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
@@ -140,6 +141,13 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult
     with feed:
         result = trainer.fit()
     return _train_result(result, cfg, prepared)
+
+
+def _put(value: Any) -> Any:
+    """Into the object store once (every rank and restart reads it from there), or None."""
+    import ray
+
+    return None if value is None else ray.put(value)
 
 
 def _ray_storage(storage_path: str) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 ``preflight(cfg)`` validates the options, finds the lake and its feature spec, builds the model
 once on a dummy batch (so a model/spec mismatch fails here, not in every worker) and resolves the
 snapshot files of every split: those of the samples version the feature spec records, so a run
-reads the last complete ETL run whatever a later unfinished one committed. Every failure is a
+reads the last complete ETL run whatever a later unfinished one committed. With ``--init-from``
+it loads the earlier model and checks that it can initialise this one (train/warm_start.py:
+same model, shapes equal or grown embedding tables, stable vocabulary ids). Every failure is a
 ``ConfigError`` with a one-line message.
 """
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import torch
+from torch import nn
 
 from etl import storage
 from etl.delta_log import SnapshotError, snapshot_splits
@@ -34,6 +37,7 @@ class Prepared:
     files: dict[str, list[str]]  # split -> snapshot file URIs
     name: str
     predictions_path: str
+    init_state: dict[str, torch.Tensor] | None = None  # --init-from's weights (warm start)
 
 
 def preflight(cfg: TrainConfig) -> Prepared:
@@ -41,11 +45,12 @@ def preflight(cfg: TrainConfig) -> Prepared:
     _check_numbers(cfg)
     lake = _check_lake(cfg.lake)
     spec = _load_spec(lake)
-    _check_model(cfg, spec)
+    model = _check_model(cfg, spec)
     files = _snapshot(lake, spec)
+    init_state = _check_init(cfg, lake, spec, model)
     name = cfg.name or f"{cfg.model}-{datetime.now():%Y%m%d-%H%M%S}-s{cfg.seed}"
     predictions = storage.join(cfg.storage_path, name, "predictions", "test.parquet")
-    return Prepared(spec, files, name, predictions)
+    return Prepared(spec, files, name, predictions, init_state)
 
 
 def _check_numbers(cfg: TrainConfig) -> None:
@@ -88,7 +93,7 @@ def _load_spec(lake: str) -> FeatureSpec:
         raise ConfigError(f"unreadable feature spec in {lake}: {exc}") from None
 
 
-def _check_model(cfg: TrainConfig, spec: FeatureSpec) -> None:
+def _check_model(cfg: TrainConfig, spec: FeatureSpec) -> nn.Module:
     """Unknown name, bad params or a spec the model cannot use: build it once and run it."""
     from train.models import MODEL_NAMES, build_model
 
@@ -105,6 +110,28 @@ def _check_model(cfg: TrainConfig, spec: FeatureSpec) -> None:
     missing = [k for k in PREDICTIONS if k not in out]
     if missing or not torch.isfinite(loss):
         raise ConfigError(f"model {cfg.model} breaks the output contract (missing {missing})")
+    return model
+
+
+def _check_init(
+    cfg: TrainConfig, lake: str, spec: FeatureSpec, model: nn.Module
+) -> dict[str, torch.Tensor] | None:
+    """``--init-from``: the earlier model's weights, if they can initialise ``model``."""
+    if not cfg.init_from:
+        return None
+    from train.warm_start import WarmStartError, check_shapes, check_vocab_ids, load_earlier
+
+    try:
+        earlier = load_earlier(cfg.init_from, cfg.tracking_uri or None)
+        if earlier.model != cfg.model:
+            raise WarmStartError(
+                f"--init-from {cfg.init_from} holds a {earlier.model} model, not {cfg.model}"
+            )
+        check_shapes(model, earlier.state)
+        check_vocab_ids(earlier, lake, spec)
+    except WarmStartError as exc:
+        raise ConfigError(str(exc)) from None
+    return earlier.state
 
 
 def dummy_batch(spec: FeatureSpec, rows: int = 2) -> dict[str, torch.Tensor]:

@@ -92,6 +92,13 @@ class TrainConfig:
     register: bool = field(
         default=True, metadata={"help": "register the best seed as isrec-<model>@challenger"}
     )
+    init_from: str = field(
+        default="",
+        metadata={
+            "help": "warm start from an earlier model's weights: a checkpoint folder or a "
+            "models:/ or runs:/ URI (ids must be stable: train/warm_start.py)"
+        },
+    )
     # test hooks: the last rank writes its PID to hook_pid_file and sleeps at "EPOCH:STEP"
     hook_pid_file: str = field(default="", metadata={"help": None})
     hook_at: str = field(default="", metadata={"help": None})

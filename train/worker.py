@@ -6,8 +6,12 @@ validation on the full valid split (train/evaluation.py), early stopping on
 ``valid_<early_stop_metric>`` in that metric's direction (train/metrics.py registry), and a
 checkpoint through ``ray.train.report`` (train/checkpoints.py). A restarted worker group resumes
 from the latest checkpoint at the next epoch; the data order of an epoch depends only on
-(seed, epoch), so a resumed run reads what an uninterrupted one would. At the end the best
-weights predict the full test split; rank 0 computes the metrics and writes the predictions.
+(seed, epoch), so a resumed run reads what an uninterrupted one would. A warm start
+(``--init-from``, train/warm_start.py) loads the earlier model's weights into the fresh model on
+every rank before DDP wraps it (so every rank starts from the same weights, which DDP's broadcast
+from rank 0 then confirms); the optimizer starts fresh, and a resume takes precedence. At the
+end the best weights predict the full test split; rank 0 computes the metrics and writes the
+predictions.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from train.data import label_priors, make_loader, plan_shards, steps_per_epoch
 from train.evaluation import evaluate_split
 from train.metrics import TABLE_METRICS, is_better
 from train.train_config import TrainConfig
+from train.warm_start import apply_initial_state
 from train.worker_state import LoopState, Worker, log
 
 
@@ -84,6 +89,7 @@ def _setup_logging() -> None:
 
 
 def _init_worker(config: dict[str, Any]) -> Worker:
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -102,6 +108,10 @@ def _init_worker(config: dict[str, Any]) -> Worker:
         with checkpoint.as_directory() as folder:
             state, best = load_checkpoint(Path(folder), model)
         resumed = state.next_epoch
+    elif config.get("init_state") is not None:  # a ray.put of preflight's --init-from weights
+        fresh = apply_initial_state(model, ray.get(config["init_state"]))
+        if rank == 0:
+            log.info("warm start from %s (%d new embedding rows)", cfg.init_from, fresh)
     torch.manual_seed(cfg.seed * 1009 + rank)  # dropout differs between ranks
     ddp = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": cfg.find_unused_parameters}

@@ -36,6 +36,13 @@ class SimulateConfig:
     model: str = field(default="rnn_mtl", metadata={"help": "model every arm trains"})
     epochs: int = field(default=2, metadata={"help": "epochs per round"})
     num_workers: int = field(default=1, metadata={"help": "Ray Train workers per training"})
+    warm_start: bool = field(
+        default=False,
+        metadata={
+            "help": "each round's training starts from the arm's previous model (needs "
+            "append-only vocabularies, i.e. the incremental ETL)"
+        },
+    )
     max_len: int = field(default=20, metadata={"help": "history length L (ETL)"})
     eval_users: int = field(
         default=200, metadata={"help": "users of the fixed uniform-logged evaluation day"}

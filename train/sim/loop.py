@@ -5,7 +5,8 @@ of a day, and answers only to its own policy). Round 0: ``history_days`` behavio
 ``initial_days`` impression days under the world's logging policy, the same logs for every
 arm. Each round r >= 1, per arm: the ETL over the arm's days so far into the arm's lake (one
 Spark session for the whole simulation; all days but the newest train, the newest validates),
-a Ray Train run of the model from scratch, the model logged and registered in MLflow as a
+a Ray Train run of the model (from scratch; with ``warm_start``, from the arm's previous
+round's best checkpoint, train/warm_start.py), the model logged and registered in MLflow as a
 version of ``isrec-sim-<arm>`` tagged with arm, round and seed, then the arm's policy with that
 model serves day r (``initial_days - 1 + r``) of the world. Every number of the day and the
 model's quality on the seed's fixed evaluation day go to a child run of the simulation's run.
@@ -87,11 +88,14 @@ def run_seed(spark: Any, cfg: SimulateConfig, seed: int, rounds: Rounds, stages:
     stages["evaluation"] += time.perf_counter() - t0
     for arm in arms:
         rounds.add(arm.spec, seed, 0, round0)
+    checkpoints: dict[str, str] = {}  # arm -> best checkpoint of its latest training
     for r in range(1, cfg.rounds + 1):
         qualities: dict[str, dict[str, float]] = {}
         for arm in arms:
             if arm.trains_on is None:
-                qualities[arm.spec] = retrain(spark, cfg, arm, seed, r, evaluation, stages)
+                qualities[arm.spec] = retrain(
+                    spark, cfg, arm, seed, r, evaluation, stages, checkpoints
+                )
             else:
                 arm.borrow(by_spec[arm.trains_on])
                 qualities[arm.spec] = qualities[arm.trains_on]
@@ -151,8 +155,11 @@ def retrain(
     round_: int,
     evaluation: EvalSet,
     stages: Stages,
+    checkpoints: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """ETL + training + registration of the arm's model for round ``round_``; its quality."""
+    """ETL + training + registration of the arm's model for round ``round_``; its quality.
+    ``checkpoints`` (arm -> best checkpoint of its last training) is read for a warm start and
+    updated."""
     from train.driver import run_training
     from train.models import build_model
     from train.pyfunc import load_checkpoint_state
@@ -175,8 +182,11 @@ def retrain(
         register=False,
         storage_path=str(arm.root / "ray_results"),
         name=f"{arm.name}-seed{seed}-round{round_}",
+        init_from=(checkpoints or {}).get(arm.spec, "") if cfg.warm_start else "",
     )
     result = run_training(train_cfg)
+    if checkpoints is not None:
+        checkpoints[arm.spec] = result.best_checkpoint_path
     spec = FeatureSpec.load(arm.lake)
     model = build_model(cfg.model, spec, train_cfg.model_params)
     model.load_state_dict(load_checkpoint_state(result.best_checkpoint_path))
