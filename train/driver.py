@@ -28,6 +28,9 @@ from train.train_config import TrainConfig
 from train.worker import train_loop_per_worker
 
 log = logging.getLogger(__name__)
+PLACEMENT_GROUP_CLEANER_LOGGER = (
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+)
 
 
 def train_and_log(cfg: TrainConfig) -> SeedsResult:
@@ -68,9 +71,20 @@ def connect_ray(cfg: TrainConfig) -> None:
         if address:
             ray.init(address=address)
         else:
-            ray.init(num_cpus=cfg.ray_num_cpus or None, include_dashboard=False)
+            ray.init(
+                num_cpus=cfg.ray_num_cpus or None,
+                include_dashboard=False,
+                runtime_env={"worker_process_setup_hook": quiet_placement_group_cleaner},
+            )
     except ray.exceptions.AuthenticationError as exc:
         raise ConfigError(f"Ray token authentication failed: {exc}".replace("\n", " ")) from None
+
+
+def quiet_placement_group_cleaner() -> None:
+    """Worker setup hook of a local Ray: Ray Train's placement-group cleaner asks the state API
+    (served by the dashboard, which a local Ray here runs without) whether the controller lives,
+    once a second, and logs a warning each time it cannot, onto the driver's terminal."""
+    logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).setLevel(logging.ERROR)
 
 
 def disconnect_ray() -> None:
