@@ -13,6 +13,21 @@ from datetime import date
 from etl import cli
 
 SOURCES = ("taobao_ad", "user_behavior", "ali_ccp")
+# Options whose value changes what the tables hold (not how fast or in how many files).
+TABLE_OPTIONS = (
+    "source",
+    "gap_minutes",
+    "max_len",
+    "attribution_hours",
+    "min_count",
+    "tz_offset_hours",
+    "test_days",
+    "valid_days",
+    "test_start",
+    "negatives_per_positive",
+    "seed",
+    "max_user_behaviors",
+)
 
 
 @dataclass
@@ -61,6 +76,13 @@ class EtlConfig:
         default=100_000,
         metadata={"help": "impressions pass: events + impressions per user bucket (pandas call)"},
     )
+    incremental: bool = field(
+        default=False,
+        metadata={
+            "help": "process only the input's days after the lake's last day, rewriting the "
+            "affected day partitions (etl/incremental.py); the lake must exist"
+        },
+    )
     max_user_behaviors: int = field(
         default=200_000,
         metadata={
@@ -103,6 +125,11 @@ class EtlConfig:
     @property
     def attribution_seconds(self) -> int:
         return int(self.attribution_hours * 3600)
+
+    def table_options(self) -> dict:
+        """The options that define the lake's tables (the spec records them; an incremental
+        run must use the same)."""
+        return {name: getattr(self, name) for name in TABLE_OPTIONS}
 
     def to_dict(self) -> dict:
         return asdict(self)

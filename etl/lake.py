@@ -74,6 +74,29 @@ def non_null_counts(path: str, columns: list[str]) -> dict[str, int] | None:
     return out
 
 
+def partition_values(path: str, column: str) -> list[str]:
+    """Sorted distinct values of partition ``column`` in the files the latest commit added
+    (all files after a full overwrite), read from its log file: no Spark job."""
+    _, commit = latest_version(path)
+    values = set()
+    for line in storage.read_text(commit).splitlines():
+        add = json.loads(line).get("add") if line.strip() else None
+        if add and (add.get("partitionValues") or {}).get(column) is not None:
+            values.add(add["partitionValues"][column])
+    return sorted(values)
+
+
+def restore_to(spark: SparkSession, lake: str | Path, name: str, version: int) -> bool:
+    """Restore table ``name`` to ``version`` when later commits exist (those of a run that
+    died before its feature spec); one new commit, readers of the spec's versions unaffected.
+    Returns whether it restored."""
+    path = table_path(lake, name)
+    if latest_version(path)[0] == version:
+        return False
+    DeltaTable.forPath(spark, path).restoreToVersion(version)
+    return True
+
+
 def _commit_info(path: str) -> tuple[int, dict]:
     version, commit = latest_version(path)
     for line in storage.read_text(commit).splitlines():
@@ -110,18 +133,27 @@ def is_table(spark: SparkSession, lake: str | Path, name: str) -> bool:
 
 
 def write_samples(
-    spark: SparkSession, samples: DataFrame, cfg: EtlConfig, write, n_rows: int | None = None
+    spark: SparkSession,
+    samples: DataFrame,
+    cfg: EtlConfig,
+    write,
+    n_rows: int | None = None,
+    replace_where: str | None = None,
 ) -> DataFrame:
     """Write samples partitioned by split/day in enough files for one shard per worker (no
     manifest: readers list a version's files from the Delta log, etl/delta_log.py).
-    ``n_rows``: the row count when the caller knows it (else one count of a cached copy)."""
+    ``n_rows``: the row count when the caller knows it (else one count of a cached copy);
+    ``replace_where``: rewrite only the rows (day partitions) it selects."""
     cached = None
     if n_rows is None:
         cached = samples = samples.persist(StorageLevel.MEMORY_AND_DISK)
         n_rows = samples.count()
     n_files = max(cfg.min_files_per_split, math.ceil(n_rows / cfg.rows_per_file))
     spark.conf.set("spark.sql.files.maxRecordsPerFile", str(cfg.rows_per_file))
-    written = write(samples.repartition(n_files, "impression_id"), SAMPLES, ["split", "day"])
+    where = {"replace_where": replace_where} if replace_where else {}
+    written = write(
+        samples.repartition(n_files, "impression_id"), SAMPLES, ["split", "day"], **where
+    )
     if cached is not None:
         cached.unpersist()
     return written

@@ -38,6 +38,11 @@ class FeatureSpec:
     # What defines the session features (None in specs written before they were recorded):
     gap_seconds: int | None = None  # a longer gap between two behaviors starts a new session
     tz_offset_hours: int | None = None  # hour, weekday and days in UTC+offset
+    # Recorded since incremental runs (None / empty in older specs, which load unchanged):
+    last_day: str | None = None  # the latest day (ISO) of the lake's events or impressions
+    vocab_version: int | None = None  # 1 after a full run, +1 per run that adds vocab ids
+    vocabulary_sizes: dict[str, int] = field(default_factory=dict)  # vocab table: max id + 1
+    options: dict = field(default_factory=dict)  # EtlConfig.table_options() of the runs
 
     @property
     def sparse(self) -> list[FieldSpec]:

@@ -42,6 +42,27 @@ def build_vocab(values: DataFrame, min_count: int = 1) -> DataFrame:
     return ranked.select(*[f.name for f in VOCAB.fields])
 
 
+def extend_vocab(old: pd.DataFrame, added: pd.DataFrame) -> pd.DataFrame:
+    """Append-only update of a collected vocab table (incremental runs): ``added`` holds
+    (vocab, raw, count) of the occurrences the train period gained. A (vocab, raw) already
+    present keeps its id and adds the count; a new one gets the next ids after its
+    vocabulary's current max, in the order of ``build_vocab`` (count desc, raw) among the new
+    ones. Returns the VOCAB columns sorted by (vocab, id)."""
+    columns = [f.name for f in VOCAB.fields]
+    old = old[columns].astype({"id": "int64", "count": "int64"})
+    added = added.groupby(["vocab", "raw"], as_index=False)["count"].sum()
+    merged = old.merge(added, on=["vocab", "raw"], how="outer", suffixes=("", "_added"))
+    merged["count"] = merged["count"].fillna(0) + merged["count_added"].fillna(0)
+    new = merged[merged["id"].isna()].sort_values(
+        ["vocab", "count", "raw"], ascending=[True, False, True], kind="stable"
+    )
+    top = old.groupby("vocab")["id"].max()
+    start = new["vocab"].map(top).fillna(FIRST_ID - 1).astype("int64")
+    merged.loc[new.index, "id"] = start + new.groupby("vocab").cumcount() + 1
+    out = merged[columns].astype({"id": "int32", "count": "int64"})
+    return out.sort_values(["vocab", "id"], kind="stable").reset_index(drop=True)
+
+
 def vocab_sizes(vocab: DataFrame | pd.DataFrame) -> dict[str, int]:
     """Embedding table size per vocabulary: max id + 1 (at least 2 for pad and unknown)."""
     if isinstance(vocab, pd.DataFrame):

@@ -3,8 +3,10 @@ two-arm simulation end to end through real Spark, Ray Train and MLflow on a tiny
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import torch
 from helpers_mlflow import PROJECT_ROOT, client_for, sqlite_uri
 
 from etl.online import FeatureBundle
+from etl.spec import FeatureSpec
 from etl.world import LoopConfig, TaobaoWorld, WorldConfig
 from train.models import build_model
 from train.policy import make_policy
@@ -198,3 +201,21 @@ def test_two_rounds_two_arms_end_to_end(spark, tmp_path):
     assert "ope_ips" not in report["arms"]["uniform"]["rounds"][-1]
     versions = client.search_model_versions("name='isrec-sim-greedy-on-uniform'")
     assert {v.tags["isrec.trains_on"] for v in versions} == {"uniform"}
+    # round 2: the ETL added the new day to the round-1 lake (one replaceWhere commit per
+    # table, append-only vocabularies) and training warm-started from round 1's model
+    versions = client.search_model_versions("name='isrec-sim-greedy'")
+    by_round = {v.tags["isrec.round"]: v.tags["isrec.warm_start"] for v in versions}
+    assert by_round == {"1": "false", "2": "true"}
+    lake = tmp_path / "sim" / "seed_0" / "greedy" / "lake"
+    spec = FeatureSpec.load(lake)
+    assert spec.vocab_version >= 1 and spec.tables["events"] >= 1
+    assert replace_where_predicate(lake / "events", spec.tables["events"])
+
+
+def replace_where_predicate(table: Path, version: int) -> str:
+    """The replaceWhere predicate of a Delta commit ('' for a whole-table overwrite)."""
+    for line in (table / "_delta_log" / f"{version:020d}.json").read_text().splitlines():
+        info = json.loads(line).get("commitInfo")
+        if info:
+            return str(info.get("operationParameters", {}).get("predicate", ""))
+    return ""

@@ -207,9 +207,9 @@ def test_ids_changed_compares_only_earlier_pairs():
     assert not ids_changed(old, grown.assign(id=[2, 3, 5, 4]), vocabs={"a"})
 
 
-def test_the_loop_warm_starts_only_when_asked():
+def test_the_loop_warm_starts_unless_told_not_to():
     from etl.cli import parse
     from train.sim.config import SimulateConfig
 
-    assert SimulateConfig().warm_start is False  # the full ETL of a round reorders ids
-    assert parse(SimulateConfig, ["--warm-start"]).warm_start is True
+    assert SimulateConfig().warm_start is True  # the loop's incremental ETL keeps the ids
+    assert parse(SimulateConfig, ["--no-warm-start"]).warm_start is False

@@ -37,10 +37,10 @@ class SimulateConfig:
     epochs: int = field(default=2, metadata={"help": "epochs per round"})
     num_workers: int = field(default=1, metadata={"help": "Ray Train workers per training"})
     warm_start: bool = field(
-        default=False,
+        default=True,
         metadata={
-            "help": "each round's training starts from the arm's previous model (needs "
-            "append-only vocabularies, i.e. the incremental ETL)"
+            "help": "each round's training starts from the arm's previous model (the loop's "
+            "incremental ETL keeps vocabulary ids; --no-warm-start: from scratch)"
         },
     )
     max_len: int = field(default=20, metadata={"help": "history length L (ETL)"})

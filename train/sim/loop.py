@@ -3,10 +3,12 @@
 Per seed: one world (``TaobaoWorld``; every arm sees the same users, catalog and session plan
 of a day, and answers only to its own policy). Round 0: ``history_days`` behavior-only days and
 ``initial_days`` impression days under the world's logging policy, the same logs for every
-arm. Each round r >= 1, per arm: the ETL over the arm's days so far into the arm's lake (one
-Spark session for the whole simulation; all days but the newest train, the newest validates),
-a Ray Train run of the model (from scratch; with ``warm_start``, from the arm's previous
-round's best checkpoint, train/warm_start.py), the model logged and registered in MLflow as a
+arm. Each round r >= 1, per arm: the ETL of the arm's days into the arm's lake (one Spark
+session for the whole simulation; round 1 a full run, later rounds an incremental one that adds
+the newest day with append-only vocabularies, etl/incremental.py; all days but the newest
+train, the newest validates), a Ray Train run of the model (with ``warm_start``, the default,
+from the arm's previous round's best checkpoint, train/warm_start.py; round 1 from scratch),
+the model logged and registered in MLflow as a
 version of ``isrec-sim-<arm>`` tagged with arm, round and seed, then the arm's policy with that
 model serves day r (``initial_days - 1 + r``) of the world. Every number of the day and the
 model's quality on the seed's fixed evaluation day go to a child run of the simulation's run.
@@ -25,7 +27,7 @@ from typing import Any
 from etl.config import EtlConfig
 from etl.online import FeatureBundle
 from etl.pipeline import run_etl
-from etl.spec import FeatureSpec
+from etl.spec import SPEC_FILE, FeatureSpec
 from etl.world import LoopConfig, TaobaoWorld, WorldConfig
 from train.sim.arms import Arm, arm_name
 from train.sim.config import SimulateConfig
@@ -167,7 +169,12 @@ def retrain(
 
     t0 = time.perf_counter()
     etl = EtlConfig(
-        input=str(arm.raw), output=str(arm.lake), max_len=cfg.max_len, test_days=0, valid_days=1
+        input=str(arm.raw),
+        output=str(arm.lake),
+        max_len=cfg.max_len,
+        test_days=0,
+        valid_days=1,
+        incremental=(arm.lake / SPEC_FILE).exists(),  # round 1 full, then the new day only
     )
     run_etl(spark, etl)
     stages["etl"] += time.perf_counter() - t0
@@ -215,6 +222,7 @@ def log_child(cfg: SimulateConfig, arm: Arm, seed: int, round_: int, metrics: di
     tags = {"isrec.arm": arm.spec, "isrec.round": str(round_), "isrec.seed": str(seed)}
     if arm.trains_on is not None:
         tags["isrec.trains_on"] = arm.trains_on
+    tags["isrec.warm_start"] = "true" if train_cfg.init_from else "false"
     with mlflow.start_run(run_name=f"{arm.name}/seed{seed}/round{round_}", nested=True) as run:
         mlflow.set_tags(tags)
         mlflow.log_params({"arm": arm.spec, "round": round_, "seed": seed, "model": cfg.model})
