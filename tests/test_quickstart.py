@@ -83,7 +83,9 @@ def test_quickstart_end_to_end_then_reuse(tmp_path: Path) -> None:
 
     lake = next((tmp_path / "lake").iterdir())
     commits = delta_commits(lake)
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    store = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    # both URIs: an earlier test's mlflow.set_registry_uri exported MLFLOW_REGISTRY_URI here
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     versions = {m: len(client.search_model_versions(f"name='isrec-{m}'")) for m in MODELS}
     # one registration per model; a CI run under heavy load once showed 2 versions of the last
     # model after this first run (cause open, see the session 2 note), so >= 1 here and the

@@ -158,7 +158,9 @@ def test_a_logged_model_initialises_a_run(no_ray, lake, tmp_path):
     uri = configure(sqlite_uri(tmp_path / "mlflow"))
     torch.manual_seed(3)
     model = build_model("rnn_mtl", lake[1], SMALL)
-    with mlflow.start_run():
+    # its own experiment: an earlier test's set_experiment left another store's id active
+    experiment = mlflow.set_experiment("isrec-warm-start-tests")
+    with mlflow.start_run(experiment_id=experiment.experiment_id):
         info = log_pyfunc_model("rnn_mtl", SMALL, model.state_dict(), lake[1])
     assert info.model_uri.startswith("models:/")
     cfg = make_cfg(lake[0], tmp_path, init_from=info.model_uri, tracking_uri=uri)
