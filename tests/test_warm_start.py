@@ -153,14 +153,14 @@ def test_a_logged_model_initialises_a_run(no_ray, lake, tmp_path):
     from helpers_mlflow import sqlite_uri
 
     from train.pyfunc import log_pyfunc_model
-    from train.tracking.store import configure
+    from train.tracking.store import configure, ensure_experiment
 
     uri = configure(sqlite_uri(tmp_path / "mlflow"))
     torch.manual_seed(3)
     model = build_model("rnn_mtl", lake[1], SMALL)
-    # its own experiment: an earlier test's set_experiment left another store's id active
-    experiment = mlflow.set_experiment("isrec-warm-start-tests")
-    with mlflow.start_run(experiment_id=experiment.experiment_id):
+    # its own experiment (artifacts beside the store, not in ./mlruns): an earlier test's
+    # set_experiment left another store's id active
+    with mlflow.start_run(experiment_id=ensure_experiment("isrec-warm-start-tests", uri)):
         info = log_pyfunc_model("rnn_mtl", SMALL, model.state_dict(), lake[1])
     assert info.model_uri.startswith("models:/")
     cfg = make_cfg(lake[0], tmp_path, init_from=info.model_uri, tracking_uri=uri)
