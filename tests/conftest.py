@@ -12,6 +12,9 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# `mlflow server`s the tests start (test_mlflow_ui) without MLflow 3's job runner and its huey
+# consumers: nothing here uses them and they slow a server's start (infra/local/mlflow.sh).
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 # Spark's Python workers must run this interpreter (the venv), not the first python3 on PATH,
 # and the venv's tools (spark-submit, mlflow, uvicorn, ray) must be found as an activated venv
 # would find them.
@@ -67,3 +70,40 @@ def ray_cluster():
                 raise
     yield
     ray.shutdown()
+
+
+MLFLOW_VARIABLES = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow_state():
+    """No MLflow state leaks into the next test: set_tracking_uri / set_registry_uri /
+    set_experiment export environment variables (read by later tests and their subprocesses)
+    and keep process-wide globals (store URIs, active experiment id, active runs)."""
+    saved = {name: os.environ.get(name) for name in MLFLOW_VARIABLES}
+    yield
+    if "mlflow" in sys.modules:  # a test that never imported mlflow changed none of it
+        _reset_mlflow(sys.modules["mlflow"])
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def _reset_mlflow(mlflow) -> None:
+    from mlflow.tracking import fluent
+
+    while mlflow.active_run() is not None:
+        try:
+            mlflow.end_run()
+        except Exception:  # its store is gone (a stopped server): forget the run
+            fluent._active_run_stack.get().pop()
+    mlflow.set_tracking_uri(None)  # None: back to MLFLOW_TRACKING_URI / the default store
+    mlflow.set_registry_uri(None)
+    fluent._active_experiment_id = None  # mlflow 3.x keeps set_experiment's id only here

@@ -132,5 +132,5 @@ def test_etl_survives_a_killed_executor(spark, two_worker_cluster, tmp_path):
     for table in TABLES:
         ours, theirs = read_table(spark, cluster_lake, table), read_table(spark, local_lake, table)
         assert ours.count() == theirs.count() > 0, table
+        # same size and nothing of ours missing from theirs (as multisets): the same rows
         assert ours.exceptAll(theirs).count() == 0, table
-        assert theirs.exceptAll(ours).count() == 0, table

@@ -220,7 +220,7 @@ class IsrecModel(mlflow.pyfunc.PythonModel):
         from train.policy import ranking_score
 
         tensors = {k: torch.from_numpy(v[start:stop]) for k, v in batch.items()}
-        with torch.no_grad():
+        with torch.inference_mode():
             out = self.model(tensors)
             out["score"] = ranking_score(out, beta)
         return pd.DataFrame({c: out[c].double().numpy() for c in OUTPUTS})

@@ -63,14 +63,20 @@ class Request:
         """This request as etl.online's ``RankRequest`` (what the feature bundle encodes)."""
         from etl.online import RankRequest
 
+        events = {k: [getattr(e, k) for e in self.events] for k in (*EVENT_KEYS, "item")}
         return RankRequest(
             user_id=self.user_id,
             time=self.time,
             candidates=np.asarray(self.candidates, dtype=np.int64),
             pid=self.pid,
-            events=[vars(e) for e in self.events],
+            events={k: _id_array(v) if k != "btag" else v for k, v in events.items()},
             profile=self.profile,
         )
+
+
+def _id_array(values: list[int | None]) -> list[int | None] | np.ndarray:
+    """Validated ids as int64 when none is null (etl.features.int_ids's vectorised path)."""
+    return values if None in values else np.asarray(values, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,8 @@ def _candidates(value: Any, where: str) -> list[int]:
         raise BadRequest(f"{where}: empty slate: candidates needs at least one ad id")
     if len(ids) > MAX_CANDIDATES:
         raise BadRequest(f"{where}: {len(ids)} candidates, more than the limit {MAX_CANDIDATES}")
+    if all(type(v) is int for v in ids):  # the common JSON case, checked at C speed
+        return ids
     return [_integer(v, f"{where}: candidates[{j}]") for j, v in enumerate(ids)]
 
 
@@ -179,11 +187,11 @@ def _events(value: Any, time: int, where: str) -> list[Event]:
             raise BadRequest(f"{what}: btag must be one of {list(BTAGS)}, got {raw['btag']!r}")
         events.append(
             Event(
-                time=_integer(raw["time"], f"{what}.time"),
+                time=_field(raw, "time", what, nullable=False),
                 btag=raw["btag"],
-                cate=_integer(raw.get("cate"), f"{what}.cate", nullable=True),
-                brand=_integer(raw.get("brand"), f"{what}.brand", nullable=True),
-                item=_integer(raw.get("item"), f"{what}.item", nullable=True),
+                cate=_field(raw, "cate", what),
+                brand=_field(raw, "brand", what),
+                item=_field(raw, "item", what),
             )
         )
     times = [e.time for e in events]
@@ -192,6 +200,13 @@ def _events(value: Any, time: int, where: str) -> list[Event]:
     if times and times[-1] > time:
         raise BadRequest(f"{where}: an event at {times[-1]} is after the request time {time}")
     return events
+
+
+def _field(raw: Mapping[str, Any], key: str, what: str, nullable: bool = True) -> int | None:
+    value = raw.get(key)
+    if type(value) is int:  # most values: no message built
+        return value
+    return _integer(value, f"{what}.{key}", nullable=nullable)
 
 
 def _profile(value: Any, where: str) -> dict[str, int | None]:
@@ -246,16 +261,18 @@ def _respond(
 ) -> dict[str, Any]:
     slate = Slate(scores["pctcvr"], scores["expected_views"], scores.get("truth"))
     choice: Choice = params.policy.choose(slate, rng)
-    policy_scores = np.asarray(params.policy.scores(slate), dtype=np.float64)
+    policy_scores = np.asarray(params.policy.scores(slate), dtype=np.float64).tolist()
     top = choice.ranking[: params.k] if params.k else choice.ranking
+    values = {k: np.asarray(scores[k], dtype=np.float64).tolist() for k in SCORED}
+    probabilities = np.asarray(choice.probabilities, dtype=np.float64).tolist()
     ranked = [
         {
             "ad_id": request.candidates[i],
-            **{k: float(scores[k][i]) for k in RESPONSE_SCORES if k != "score"},
-            "score": float(policy_scores[i]),
-            "probability": float(choice.probabilities[i]),
+            **{k: values[k][i] for k in SCORED},
+            "score": policy_scores[i],
+            "probability": probabilities[i],
         }
-        for i in top
+        for i in np.asarray(top).tolist()
     ]
     return {
         "user_id": request.user_id,
@@ -305,7 +322,7 @@ class SlateScorer:
         outputs: dict[str, list[np.ndarray]] = {k: [] for k in SCORED}
         for chunk in _chunks(sizes, self.max_rows):
             columns = {n: np.concatenate([encoded[i][n] for i in chunk]) for n in self.dtypes}
-            with torch.no_grad():
+            with torch.inference_mode():
                 out = self.model(self.tensors(columns))
             for k in SCORED:
                 outputs[k].append(out[k].double().numpy())

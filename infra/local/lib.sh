@@ -222,7 +222,7 @@ wait_until() {
       warn "$what: no answer after ${START_TIMEOUT}s (ISREC_START_TIMEOUT); log: $(log_file "$name")"
       return 1
     fi
-    sleep 1
+    sleep 0.5
   done
 }
 

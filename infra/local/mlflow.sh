@@ -16,6 +16,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PORT="${ISREC_MLFLOW_PORT:-5000}"
 WORKERS="${ISREC_MLFLOW_WORKERS:-1}"
+JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 MLFLOW_STATE="$STATE_DIR/mlflow"
 BACKEND_URI="${ISREC_MLFLOW_BACKEND_URI:-sqlite:///$MLFLOW_STATE/mlflow.db}"
 ARTIFACTS="${ISREC_MLFLOW_ARTIFACTS:-$MLFLOW_STATE/artifacts}"
@@ -41,7 +42,8 @@ MLFLOW_TRACKING_PASSWORD (printed by env).
 
 Environment overrides: ISREC_CLUSTER_DIR, ISREC_PYTHON, ISREC_START_TIMEOUT, ISREC_STOP_TIMEOUT,
 ISREC_MLFLOW_PORT, ISREC_MLFLOW_WORKERS, ISREC_MLFLOW_BACKEND_URI, ISREC_MLFLOW_ARTIFACTS,
-ISREC_MLFLOW_ADMIN_USER, ISREC_MLFLOW_AUTH_DB_URI, ISREC_MLFLOW_SECRET_KEY.
+ISREC_MLFLOW_ADMIN_USER, ISREC_MLFLOW_AUTH_DB_URI, ISREC_MLFLOW_SECRET_KEY,
+MLFLOW_SERVER_ENABLE_JOB_EXECUTION (default false: MLflow's job runner off).
 EOF
 }
 
@@ -59,7 +61,11 @@ start() {
   auth_setup
 
   log "starting tracking server on $TRACKING_URI (backend $BACKEND_URI, basic auth)"
-  launch mlflow mlflow server --app-name basic-auth --host "$BIND_HOST" --port "$PORT" \
+  # MLflow's job execution (a job runner and huey consumers, GenAI scorers and trace rollups)
+  # is nothing this platform uses; its half-dozen extra Python processes made the start 3x
+  # slower on a busy 2-core machine (61 s against 20 s) and keep polling after it.
+  launch mlflow env MLFLOW_SERVER_ENABLE_JOB_EXECUTION="$JOB_EXECUTION" \
+    mlflow server --app-name basic-auth --host "$BIND_HOST" --port "$PORT" \
     --workers "$WORKERS" --backend-store-uri "$BACKEND_URI" --serve-artifacts \
     --artifacts-destination "$ARTIFACTS" || failed_start
   # The first start creates and migrates the database, which takes a while.

@@ -117,6 +117,10 @@ class BenchServingConfig:
     batch_repeats: int = field(
         default=2, metadata={"help": "runs of the batch predict and forward (the rest: 1)"}
     )
+    compare_forward: bool = field(
+        default=True,
+        metadata={"help": "also time rnn_mtl's plain eval forward (grouped_eval off), alternating"},
+    )
     out: str = field(default=str(OUT_JSON), metadata={"help": "JSON report"})
 
     def validate(self) -> None:
@@ -324,7 +328,7 @@ def in_process(args: BenchServingConfig, info: dict, request: dict, requests: li
     batch = scorer.tensors(columns)
 
     def forward() -> dict:
-        with torch.no_grad():
+        with torch.inference_mode():  # as train/serving.py's SlateScorer
             return net(batch)
 
     results["forward"] = time_calls(lambda i: forward(), args.requests, args.warmup)
@@ -348,10 +352,55 @@ def in_process(args: BenchServingConfig, info: dict, request: dict, requests: li
         "time": request["time"],
     }
     results["model_parameters"] = int(sum(p.numel() for p in net.parameters()))
+    if args.compare_forward and hasattr(net, "grouped_eval"):
+        results["forward_compare"] = compare_forward(args, net, batch, model, request, params)
     results["batch"] = batch_path(args, info, model, inner)
     if args.batch_requests:
         results["batch_requests"] = requests_batch(args, model, requests, params)
     return results
+
+
+def compare_forward(args: BenchServingConfig, net, batch: dict, model, request, params) -> dict:
+    """rnn_mtl's eval forward grouped (the default: history side once per distinct GRU input)
+    against the plain one, alternating call by call so both see the same machine load; the
+    largest output difference; and ``model.predict`` both ways."""
+    import torch
+
+    def run(grouped: bool) -> dict:
+        net.grouped_eval = grouped
+        with torch.inference_mode():
+            return net(batch)
+
+    total = args.warmup + args.requests
+    frames = {g: [frame_of(request) for _ in range(total)] for g in (False, True)}
+    try:
+        plain, grouped = run(False), run(True)
+        diff = max(float((plain[k] - grouped[k]).abs().max()) for k in plain)
+        out: dict = {"max_abs_diff": diff}
+        calls = {
+            "forward": run,
+            "predict": lambda g, i: (
+                setattr(net, "grouped_eval", g),
+                model.predict(frames[g][i], params=params),
+            ),
+        }
+        for name, call in calls.items():
+            ms: dict[bool, list[float]] = {False: [], True: []}
+            cpu: dict[bool, list[float]] = {False: [], True: []}
+            for i in range(total):
+                for mode in (False, True):
+                    t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+                    call(mode) if name == "forward" else call(mode, i)
+                    if i >= args.warmup:
+                        cpu[mode].append((time.thread_time_ns() - c0) / 1e6)
+                        ms[mode].append((time.perf_counter_ns() - t0) / 1e6)
+            out[name] = {
+                "plain": stats(ms[False], cpu[False]),
+                "grouped": stats(ms[True], cpu[True]),
+            }
+        return out
+    finally:
+        net.grouped_eval = True
 
 
 def batch_path(args: BenchServingConfig, info: dict, model, inner) -> dict:
@@ -521,6 +570,16 @@ def print_table(report: dict) -> None:
         f"sum of stage p50s {parts:.2f} ms (cpu {cpu_parts:.2f}); MLflow wrapper"
         f" (predict - unwrapped, cpu p50) {wrapper:.2f} ms"
     )
+    cmp = r.get("forward_compare")
+    if cmp:
+        print(f"rnn_mtl eval forward, alternating calls (max |diff| {cmp['max_abs_diff']:.1e}):")
+        for name in ("forward", "predict"):
+            for mode in ("plain", "grouped"):
+                s = cmp[name][mode]
+                print(
+                    f"  {name + ' ' + mode:<30} {s['n']:>4} {s['p50_ms']:>7.2f} {s['p99_ms']:>7.2f}"
+                    f" {s['mean_ms']:>7.2f} {s['cpu_p50_ms']:>7.2f} {s['cpu_p99_ms']:>7.2f}"
+                )
     ok = b["predict"]["per_s_median"] >= TARGET_BATCH_PER_S
     print(
         f"\nbatch: {b['rows']:,} encoded rows (mean hist_len {b['mean_hist_len']:.1f}),"

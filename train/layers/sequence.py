@@ -35,8 +35,8 @@ class GRUEncoder(nn.Module):
         if group_key is not None:
             first, inverse = distinct_rows(group_key)
             if len(first) < len(group_key):
-                states, last = self.forward(x[first], lengths[first])
-                return states[inverse], last[inverse]
+                states, last = self.forward(x.index_select(0, first), lengths[first])
+                return states.index_select(0, inverse), last.index_select(0, inverse)
         max_len = x.shape[1]
         if self.packed and len(lengths) and bool((lengths == lengths[0]).all()) and lengths[0] > 0:
             return self._same_length(x, int(lengths[0]))
@@ -116,11 +116,14 @@ class TargetAttention(nn.Module):
         keys: torch.Tensor,
         mask: torch.Tensor,
         side: torch.Tensor | None = None,
+        key_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``key_index`` (B,): ``keys`` are (G, L, K) distinct rows and row b's keys are
+        ``keys[key_index[b]]`` (their candidate-free projection is then computed per row of G)."""
         q = self.query_proj(query)
-        hidden = self._first_layer(q, keys, side)
+        hidden, keys = self._first_layer(q, keys, side, key_index)
         for layer in list(self.score)[1:]:
-            hidden = layer(hidden)
+            hidden = _apply(layer, hidden)
         scores = hidden.squeeze(-1)
         valid = mask.to(scores.dtype)
         if self.softmax:
@@ -132,17 +135,34 @@ class TargetAttention(nn.Module):
         return (weights.unsqueeze(-1) * keys).sum(dim=1)
 
     def _first_layer(
-        self, q: torch.Tensor, keys: torch.Tensor, side: torch.Tensor | None
-    ) -> torch.Tensor:
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        side: torch.Tensor | None,
+        key_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The score MLP's first Linear of [q, k, q - k, q * k, side] without building that
         (B, L, 4K) input: W = [Wq | Wk | Wd | Wp | Ws] gives (Wq + Wd) q + (Wk - Wd) k +
-        Wp (q * k) + Ws side, and the query's term is computed once per row, not per step."""
+        Wp (q * k) + Ws side, and the query's term is computed once per row, not per step.
+        Returns it and the keys per row (``keys[key_index]`` when given)."""
         first: nn.Linear = self.score[0]
         k = keys.shape[-1]
         w = first.weight
         out = F.linear(q, w[:, :k] + w[:, 2 * k : 3 * k], first.bias).unsqueeze(1)
-        out = out + F.linear(keys, w[:, k : 2 * k] - w[:, 2 * k : 3 * k])
+        key_term = F.linear(keys, w[:, k : 2 * k] - w[:, 2 * k : 3 * k])
+        if key_index is not None:
+            key_term = key_term.index_select(0, key_index)
+            keys = keys.index_select(0, key_index)
+        out = out + key_term
         out = out + F.linear(q.unsqueeze(1) * keys, w[:, 3 * k : 4 * k])
         if side is not None:
             out = out + F.linear(side, w[:, 4 * k :])
-        return out
+        return out, keys
+
+
+def _apply(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``; without autograd a one-slope PReLU runs as leaky_relu (the same
+    ``x if x > 0 else a * x``, vectorised: ~5x faster on the CPU than the PReLU kernel)."""
+    if isinstance(layer, nn.PReLU) and layer.num_parameters == 1 and not torch.is_grad_enabled():
+        return F.leaky_relu(x, float(layer.weight))
+    return layer(x)

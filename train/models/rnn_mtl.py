@@ -31,6 +31,7 @@ from train.layers import (
     sequence_lengths,
     sequence_mask,
 )
+from train.layers.sequence import distinct_rows
 from train.models.base import BaseModel, Logits
 
 MATCH_POSITIONS = ("gru", "attention")
@@ -40,13 +41,17 @@ class RNNMTL(BaseModel):
     name = "rnn_mtl"
     entire_space = True
     has_exploration = True
+    # eval: the history side once per distinct GRU input row (``grouped_logits``); False runs
+    # the plain path, which tests/test_fast_forward.py compares with it
+    grouped_eval = True
 
     def __init__(self, spec: FeatureSpec, cfg: RNNMTLConfig) -> None:
         super().__init__(spec, cfg)
         check_switches(spec, cfg)
         dim = cfg.embedding_dim
         self.embedding = FeatureEmbedding(spec, dim, cfg.dense_log1p)
-        self.context_fields = [f.name for f in spec.fields if f.kind != "sequence"]
+        self.context_specs = [f for f in spec.fields if f.kind != "sequence"]
+        self.context_fields = [f.name for f in self.context_specs]
         self.match_pairs = candidate_pairs(spec) if cfg.match_flags else []
         flags = len(self.match_pairs)
         self.flags_in_gru = cfg.match_position == "gru"
@@ -73,6 +78,8 @@ class RNNMTL(BaseModel):
         )
 
     def logits(self, batch: dict[str, torch.Tensor]) -> Logits:
+        if self.grouped_eval and self.gru is not None and not self.training:
+            return self.grouped_logits(batch)
         embs = self.embedding(batch)
         steps = torch.cat([embs[f.name] for f in self.spec.sequence], dim=-1)  # (B, L, S*D)
         flags = self.match(batch, steps.dtype)
@@ -90,8 +97,37 @@ class RNNMTL(BaseModel):
         if self.query_fields:
             query = torch.cat([embs[n] for n in self.query_fields], dim=-1)
             parts.append(self.attention(query, keys, sequence_mask(batch, self.spec)))
+        return self.heads(parts)
+
+    def heads(self, parts: list[torch.Tensor]) -> Logits:
         h = self.shared(torch.cat(parts, dim=-1))
         return tuple(self.towers[t](h).squeeze(-1) for t in ("ctr", "cvr", "views"))
+
+    def grouped_logits(self, batch: dict[str, torch.Tensor]) -> Logits:
+        """``logits`` (eval, with a GRU) computed with the history side on one row per distinct
+        GRU input (a slate's K candidates share the user's history and mostly its flags): the
+        sequence embeddings and the GRU run on those rows, the attention reads their states by
+        index, and only the candidate side is per row. The same operations on fewer rows
+        (``index_select``: a row copy, ~10x faster on the CPU than ``x[index]``'s gather)."""
+        spec = self.spec
+        flags = self.match(batch, self.output_bias.dtype)
+        lengths = sequence_lengths(batch, spec)
+        first, inverse = distinct_rows(self.gru_inputs_key(batch, flags, lengths))
+        rows = {f.name: batch[f.name].index_select(0, first) for f in spec.sequence}
+        steps = torch.cat([self.embedding.embed_field(f, rows) for f in spec.sequence], dim=-1)
+        if flags is not None and self.flags_in_gru:
+            steps = torch.cat([steps, flags.index_select(0, first)], dim=-1)
+        states, last = self.gru(steps, lengths.index_select(0, first))
+        embs = {f.name: self.embedding.embed_field(f, batch) for f in self.context_specs}
+        parts = [last.index_select(0, inverse), *(embs[n] for n in self.context_fields)]
+        if self.query_fields:
+            keys, index = states, inverse
+            if flags is not None and not self.flags_in_gru:  # the flags differ within a group
+                keys, index = torch.cat([states.index_select(0, inverse), flags], dim=-1), None
+            query = torch.cat([embs[n] for n in self.query_fields], dim=-1)
+            mask = sequence_mask(batch, spec)
+            parts.append(self.attention(query, keys, mask, key_index=index))
+        return self.heads(parts)
 
     def gru_inputs_key(
         self, batch: dict[str, torch.Tensor], flags: torch.Tensor | None, lengths: torch.Tensor
