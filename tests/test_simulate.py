@@ -178,6 +178,8 @@ def test_two_rounds_two_arms_end_to_end(spark, tmp_path):
     # round 0 is the same logging-policy day for both arms; round 1 differs by policy
     g, u = report["arms"]["greedy"]["rounds"], report["arms"]["uniform"]["rounds"]
     assert g[0]["impressions"] == u[0]["impressions"]
+    # round 1 trains once on those shared logs: the same model for both, then their own
+    assert g[1]["ctr_auc"] == u[1]["ctr_auc"] and (tmp_path / "sim/seed_0/uniform/lake").is_dir()
     assert set(report["stages"]) >= {"world", "etl", "training", "registration", "policy"}
     client = client_for(uri)
     for arm in ("greedy", "uniform"):

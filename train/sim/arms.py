@@ -65,6 +65,14 @@ class Arm:
         """Serve the next day with ``source``'s model of this round (the data-effect arm)."""
         self.model, self.bundle, self.trained = source.model, source.bundle, source.trained
 
+    def copy_round_one(self, source: Arm) -> None:
+        """Round 1 of an arm that trains on its own logs: every such arm has the same round-0
+        logs and training seed, so it takes a copy of ``source``'s lake and its model instead
+        of an identical ETL and training; from round 2 on, its own days make its own."""
+        shutil.rmtree(self.lake, ignore_errors=True)
+        shutil.copytree(source.lake, self.lake)
+        self.borrow(source)
+
     @property
     def name(self) -> str:
         return arm_name(self.spec)

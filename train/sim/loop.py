@@ -12,8 +12,10 @@ the model logged and registered in MLflow as a
 version of ``isrec-sim-<arm>`` tagged with arm, round and seed, then the arm's policy with that
 model serves day r (``initial_days - 1 + r``) of the world. Every number of the day and the
 model's quality on the seed's fixed evaluation day go to a child run of the simulation's run.
-An arm ``POLICY@ARM`` trains nothing: it serves with ``ARM``'s model of the round, so its
-difference to the arm serving POLICY with models of its own data is the data effect alone.
+Round 1 is trained once: every arm's lake and model of round 1 are copies of the first arm's,
+as they all see the same round-0 logs and training seed. An arm ``POLICY@ARM`` trains nothing:
+it serves with ``ARM``'s model of the round, so its difference to the arm serving POLICY with
+models of its own data is the data effect alone.
 """
 
 from __future__ import annotations
@@ -93,14 +95,22 @@ def run_seed(spark: Any, cfg: SimulateConfig, seed: int, rounds: Rounds, stages:
     checkpoints: dict[str, str] = {}  # arm -> best checkpoint of its latest training
     for r in range(1, cfg.rounds + 1):
         qualities: dict[str, dict[str, float]] = {}
+        first = None  # round 1: the arm whose training on the shared round-0 logs all reuse
         for arm in arms:
-            if arm.trains_on is None:
+            if arm.trains_on is not None:
+                arm.borrow(by_spec[arm.trains_on])
+                qualities[arm.spec] = qualities[arm.trains_on]
+            elif r == 1 and first is not None:
+                t0 = time.perf_counter()
+                arm.copy_round_one(first)
+                checkpoints[arm.spec] = checkpoints[first.spec]
+                qualities[arm.spec] = qualities[first.spec]
+                stages["etl"] += time.perf_counter() - t0
+            else:
                 qualities[arm.spec] = retrain(
                     spark, cfg, arm, seed, r, evaluation, stages, checkpoints
                 )
-            else:
-                arm.borrow(by_spec[arm.trains_on])
-                qualities[arm.spec] = qualities[arm.trains_on]
+                first = first or arm
         serve_round(cfg, world, arms, seed, r, profiles, qualities, rounds, stages)
 
 
