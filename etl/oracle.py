@@ -3,7 +3,8 @@
 The generator's truth.csv holds, per raw_sample row, p_click, p_buy_given_click and the expected
 further views; joined to the lake's impressions on (user, time, ad, slot) they give the best
 possible AUC on exactly the rows the models are scored on. The lake's tables are read at the
-versions its feature spec records (the last complete ETL run).
+versions its feature spec records (the last complete ETL run), with pyarrow from the Delta log:
+a few columns of two tables, so no Spark session (and its JVM start) is needed.
 """
 
 from __future__ import annotations
@@ -11,60 +12,54 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
-from pyspark.sql import types as T
+import pyarrow.parquet as pq
 
-from etl.lake import read_recorded
+from etl import storage
+from etl.delta_log import snapshot_files, snapshot_splits
 from etl.spec import FeatureSpec
+from etl.tables import IMPRESSIONS
 
-TRUTH = T.StructType(
-    [
-        T.StructField("user", T.LongType()),
-        T.StructField("time_stamp", T.LongType()),
-        T.StructField("adgroup_id", T.LongType()),
-        T.StructField("pid", T.StringType()),
-        T.StructField("p_click", T.DoubleType()),
-        T.StructField("p_buy_given_click", T.DoubleType()),
-        T.StructField("expected_further_views", T.DoubleType()),
-    ]
-)
+TRUTH_DTYPES = {
+    "user": "int64",
+    "time_stamp": "int64",
+    "adgroup_id": "int64",
+    "pid": "string",
+    "p_click": "float64",
+    "p_buy_given_click": "float64",
+    "expected_further_views": "float64",
+}
+SAMPLE_COLUMNS = ["impression_id", "user_key", "click", "conversion", "n_future_views"]
+IMPRESSION_COLUMNS = ["impression_id", "user_id", "ts", "ad_id", "slot"]
 
 
-def oracle_frame(
-    spark: SparkSession, world_dir: str | Path, lake: str | Path, split: str = "test"
-) -> pd.DataFrame:
+def oracle_frame(world_dir: str | Path, lake: str | Path, split: str = "test") -> pd.DataFrame:
     """Rows of ``split`` with labels, user_key and the oracle's pctr/pcvr/pctcvr/expected_views."""
-    truth = (
-        spark.read.option("header", True)
-        .csv(str(Path(world_dir) / "truth.csv"))
-        .select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in TRUTH.fields])
-    )
     spec = FeatureSpec.load(lake)
-    impressions = read_recorded(spark, lake, "impressions", spec).select(
-        "impression_id", "user_id", "ts", "ad_id", "slot"
+    truth = pd.read_csv(Path(world_dir) / "truth.csv", usecols=list(TRUTH_DTYPES))
+    truth = truth.astype(TRUTH_DTYPES)
+    samples = _read(snapshot_files(lake, split, spec), SAMPLE_COLUMNS)
+    by_split = snapshot_splits(lake, spec, IMPRESSIONS)
+    impressions = _read([f for files in by_split.values() for f in files], IMPRESSION_COLUMNS)
+    impressions["slot"] = impressions["slot"].astype("string")
+    joined = samples.merge(impressions, on="impression_id").merge(
+        truth,
+        left_on=["user_id", "ts", "ad_id", "slot"],
+        right_on=["user", "time_stamp", "adgroup_id", "pid"],
     )
-    samples = read_recorded(spark, lake, "samples", spec).where(F.col("split") == split)
-    joined = (
-        samples.select("impression_id", "user_key", "click", "conversion", "n_future_views")
-        .join(impressions, "impression_id")
-        .join(
-            truth,
-            (F.col("user_id") == F.col("user"))
-            & (F.col("ts") == F.col("time_stamp"))
-            & (F.col("ad_id") == F.col("adgroup_id"))
-            & (F.col("slot") == F.col("pid")),
-        )
-        .select(
-            "impression_id",
-            "user_key",
-            "click",
-            "conversion",
-            "n_future_views",
-            F.col("p_click").alias("pctr"),
-            F.col("p_buy_given_click").alias("pcvr"),
-            (F.col("p_click") * F.col("p_buy_given_click")).alias("pctcvr"),
-            F.col("expected_further_views").alias("expected_views"),
-        )
+    return pd.DataFrame(
+        {
+            **{c: joined[c].to_numpy() for c in SAMPLE_COLUMNS},
+            "pctr": joined["p_click"].to_numpy(),
+            "pcvr": joined["p_buy_given_click"].to_numpy(),
+            "pctcvr": (joined["p_click"] * joined["p_buy_given_click"]).to_numpy(),
+            "expected_views": joined["expected_further_views"].to_numpy(),
+        }
     )
-    return joined.toPandas()
+
+
+def _read(files: list[str], columns: list[str]) -> pd.DataFrame:
+    tables = []
+    for uri in files:
+        filesystem, path = storage.filesystem(uri)
+        tables.append(pq.read_table(path, columns=columns, filesystem=filesystem).to_pandas())
+    return pd.concat(tables, ignore_index=True)

@@ -74,7 +74,7 @@ def readers_see(spark, lake: Path, world: Path) -> dict:
         rows = read_recorded(spark, lake, table, spec).select("impression_id").collect()
         ids[table] = sorted(r[0] for r in rows)
     assert arrow_ids == ids[SAMPLES]  # the loaders and Spark read the same version
-    oracle = oracle_frame(spark, world, lake)
+    oracle = oracle_frame(world, lake)
     profile = delta_dataset(samples_read(lineage_tables(lake, None, spec))).profile
     return {
         "spec": spec_text,

@@ -172,7 +172,7 @@ def run_quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     rows = train_all(cfg, lake, seconds)
     from train.driver import disconnect_ray
 
-    disconnect_ray()  # an idle driver's Ray once died of a Ray CHECK failure while Spark scored
+    disconnect_ray()  # done with Ray (an idle driver's Ray once died of a Ray CHECK failure)
     oracle = None
     if (raw / "truth.csv").is_file():
         with timed(seconds, "oracle"):
@@ -289,10 +289,8 @@ def oracle_metrics(raw: Path, lake: Path) -> dict[str, float]:
         log.info("reusing the oracle's metrics (same input and lake)")
         return cached
     from etl.oracle import oracle_frame
-    from etl.spark import get_spark
 
     log.info("scoring the generator's true probabilities on the test rows (oracle)")
-    spark = get_spark("isrec-oracle", master="local[2]")
-    metrics = evaluate_frame(oracle_frame(spark, raw, lake))
+    metrics = evaluate_frame(oracle_frame(raw, lake))
     save_cached(lake / "_quickstart_oracle.json", key, metrics)
     return metrics

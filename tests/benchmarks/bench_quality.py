@@ -113,9 +113,8 @@ def ensure_lake(raw: Path, lake: Path, max_len: int) -> float:
 
 def oracle_rows(raw: Path, lake: Path) -> pd.DataFrame:
     from etl.oracle import oracle_frame
-    from etl.spark import get_spark
 
-    return oracle_frame(get_spark("bench-quality-oracle", master="local[2]"), raw, lake)
+    return oracle_frame(raw, lake)
 
 
 def model_params(params: dict[str, str], model: str) -> dict[str, str]:
