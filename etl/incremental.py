@@ -57,8 +57,9 @@ from pyspark.sql import functions as F
 from etl.config import EtlConfig
 from etl.cross import cross_fields
 from etl.features import SEQUENCE_SOURCE
-from etl.heavy_users import cap_user_events, heavy_users
+from etl.heavy_users import cap_user_events, heavy_sessions_users
 from etl.lake import read_recorded, restore_to, write_samples
+from etl.quality import union_all
 from etl.run_steps import (
     RAW_IMPRESSION_COLUMNS,
     EtlSummary,
@@ -142,7 +143,6 @@ def run_increment(
 
     # Sessions the new behaviors may continue, sessionized again with them.
     reaching = lake[SESSIONS].where(F.col("end_ts") >= new_start - gap)
-    continued_start = reaching.agg(F.min("start_ts")).collect()[0][0]
     keys = reaching.select("user_id", "session_id")
     continued = lake[EVENTS_TABLE].join(keys, ["user_id", "session_id"], "left_semi")
     combined = sessionize(
@@ -150,6 +150,9 @@ def run_increment(
     ).persist()
     new_events = combined.where(F.col("ts") >= new_start)
     changed_sessions = summarize_sessions(combined, tz)
+    kept = lake[SESSIONS].join(keys, ["user_id", "session_id"], "left_anti")
+    all_sessions = kept.unionByName(changed_sessions)
+    continued_start, heavy = _session_counts(reaching, all_sessions, cfg.max_user_behaviors)
 
     first_new = new_days[0]
     d0 = _first_affected(previous, splits, old_days, new_start, continued_start, cfg)
@@ -173,11 +176,8 @@ def run_increment(
         write(df, name, None)
     write(data.quarantine, QUARANTINE, None)
     write(new_events, EVENTS_TABLE, ["day"], f"day > '{previous.last_day}'")
-    kept = lake[SESSIONS].join(keys, ["user_id", "session_id"], "left_anti")
-    all_sessions = kept.unionByName(changed_sessions)
     write(all_sessions.where(F.col("day") >= F.lit(s0).cast("date")), SESSIONS, ["day"], _from(s0))
     summary.stats["sessions_written"] = float(summary.rows[SESSIONS])
-    heavy = heavy_users(all_sessions, cfg.max_user_behaviors)
     summary.stats["capped_users"] = float(len(heavy))
     write(ads, AD_TABLE, None)
     write(spark.createDataFrame(vocab, lake[VOCAB].schema), VOCAB, None)
@@ -217,6 +217,20 @@ def run_increment(
         vocabulary_sizes=vocab_sizes(vocab),
         options=cfg.table_options(),
     )
+
+
+def _session_counts(
+    reaching: DataFrame, sessions: DataFrame, max_user_behaviors: int
+) -> tuple[int | None, list[int]]:
+    """(the first start of the sessions the new behaviors may continue, None when none; the
+    heavy users of ``sessions``, etl/heavy_users.py), from one Spark job."""
+    parts = [reaching.agg(F.lit("start").alias("kind"), F.min("start_ts").alias("value"))]
+    if max_user_behaviors > 0:
+        users = heavy_sessions_users(sessions, max_user_behaviors)
+        parts.append(users.select(F.lit("user").alias("kind"), F.col("user_id").alias("value")))
+    rows = union_all(parts).collect()
+    start = next(r["value"] for r in rows if r["kind"] == "start")
+    return start, sorted(int(r["value"]) for r in rows if r["kind"] == "user")
 
 
 def _from(day: str) -> str:

@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from etl import storage
 from etl.config import EtlConfig
-from etl.delta_log import latest_version, recorded_version
+from etl.delta_log import delta_log, latest_version, recorded_version
 from etl.spec import FeatureSpec
 from etl.tables import SAMPLES
 
@@ -37,13 +37,19 @@ def write_table(
     partition_by: list[str] | None = None,
     replace_where: str | None = None,
 ) -> int:
-    """Overwrite table ``name`` in ``lake`` atomically; return the Delta version written."""
-    writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    """Overwrite table ``name`` in ``lake`` atomically; return the Delta version written.
+
+    A table without a commit yet is created by an append (the same one commit): an overwrite
+    would first scan the empty table for files to remove, one more Spark job per table."""
+    path = table_path(lake, name)
+    if not replace_where and not delta_log(path)[0]:
+        writer = df.write.format("delta").mode("append")
+    else:
+        writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
     if replace_where:
         writer = writer.option("replaceWhere", replace_where).option("overwriteSchema", "false")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
-    path = table_path(lake, name)
     writer.save(path)
     return table_version(df.sparkSession, path)
 

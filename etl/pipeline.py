@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from etl import storage
 from etl.config import EtlConfig
 from etl.cross import cross_fields
-from etl.heavy_users import cap_user_events, heavy_users
+from etl.heavy_users import cap_user_events, users_above
 from etl.incremental import lake_before_increment, run_increment
 from etl.lake import (
     last_commit,
@@ -35,6 +37,7 @@ from etl.lake import (
     write_samples,
     write_table,
 )
+from etl.quality import union_all
 from etl.run_steps import (
     EtlSummary,
     ads_table,
@@ -43,12 +46,13 @@ from etl.run_steps import (
     enrich,
     events_have,
     keyed_impressions,
+    run_sql_conf,
     sample_rows,
     source_config,
 )
 from etl.run_steps import label_stats as _label_stats
 from etl.samples import Splits, assign_splits, build_vocabularies, feature_fields
-from etl.schemas import BEHAVIORS, IMPRESSIONS
+from etl.schemas import BEHAVIORS, IMPRESSIONS, VOCAB
 from etl.sessionize import sessionize, summarize_sessions
 from etl.sources import load_source
 from etl.sources.base import InputError, SourceData, reconciliation_failure
@@ -62,6 +66,11 @@ log = logging.getLogger(__name__)
 
 
 def run_etl(spark: SparkSession, cfg: EtlConfig) -> EtlSummary:
+    with run_sql_conf(spark):
+        return _run(spark, cfg)
+
+
+def _run(spark: SparkSession, cfg: EtlConfig) -> EtlSummary:
     started = time.time()
     cfg.validate()
     check_output_folder(cfg.output)
@@ -107,17 +116,17 @@ def _write_tables(
     _check_reconciliation(data, cfg, write, summary)
     if previous is not None:
         return run_increment(spark, data, cfg, write, summary, previous)
-    splits = None
+    counts = None
     if data.wide_samples is None:  # the splits before the first write: a bad one writes nothing
         if data.impressions is None:
             raise InputError(f"{cfg.source}: the input holds no impressions to build samples from")
-        splits = _splits(keyed_impressions(data.impressions, cfg.tz_offset_hours), cfg)
+        counts = _input_counts(data, cfg)
     for name, df in data.bronze.items():
         write(df, name, None)
     write(data.quarantine, QUARANTINE, None)
     if data.wide_samples is not None:
         return build_wide_samples(spark, data.wide_samples, cfg, write)
-    return _build_session_tables(spark, data, cfg, write, summary, splits)
+    return _build_session_tables(spark, data, cfg, write, summary, counts)
 
 
 def _check_reconciliation(data: SourceData, cfg: EtlConfig, write, summary: EtlSummary) -> None:
@@ -154,28 +163,30 @@ def _build_session_tables(
     cfg: EtlConfig,
     write,
     summary: EtlSummary,
-    splits: Splits,
+    counts: _InputCounts,
 ) -> FeatureSpec:
-    tz = cfg.tz_offset_hours
+    tz, splits, heavy = cfg.tz_offset_hours, counts.splits, counts.heavy_users
     behaviors = data.behaviors
     if behaviors is None:  # e.g. the joined FuxiCTR slice: impressions without a behavior log
         behaviors = spark.createDataFrame([], BEHAVIORS)
-    events = write(sessionize(behaviors, cfg.gap_seconds, tz), EVENTS, ["day"])
-    sessions = write(summarize_sessions(events, tz), "sessions", ["day"])
+    # The events and ads as written, cached: the later steps read them without a Delta scan
+    # (each scan of a Delta table plans with a Spark job listing its files).
+    events = sessionize(behaviors, cfg.gap_seconds, tz).persist(StorageLevel.MEMORY_AND_DISK)
+    write(events, EVENTS, ["day"])
+    write(summarize_sessions(events, tz), "sessions", ["day"])
     summary.stats["sessions"] = float(summary.rows["sessions"])
-    heavy = heavy_users(sessions, cfg.max_user_behaviors)
     summary.stats["capped_users"] = float(len(heavy))
     impressions = keyed_impressions(data.impressions, tz)
-    ads = write(ads_table(data.ads), AD_TABLE, None)
+    ads = ads_table(data.ads)
+    write(ads, AD_TABLE, None)
     enriched = enrich(impressions, splits, ads, data.users)
     train_events = events.where(F.col("ts") < splits.train_end_ts(tz))
-    vocab = write(
-        build_vocabularies(enriched.where(F.col("split") == "train"), train_events, cfg.min_count),
-        "vocab",
-        None,
-    ).toPandas()  # one collect: the pass encodes with it (no Spark join per field)
+    train = enriched.where(F.col("split") == "train")
+    # one collect: the pass encodes with it (no Spark join per field), the table is written from it
+    vocab = build_vocabularies(train, train_events, cfg.min_count).toPandas()
+    write(spark.createDataFrame(vocab, VOCAB), "vocab", None)
     pass_events = cap_user_events(events, heavy, cfg.max_user_behaviors)
-    n_rows = summary.rows[EVENTS] + enriched.count()
+    n_rows = summary.rows[EVENTS] + counts.impressions  # enrich keeps one row per impression
     passed, encoding = encoded_pass(
         spark, pass_events, enriched, vocab, cfg, data.conversion_match, n_rows
     )
@@ -185,8 +196,8 @@ def _build_session_tables(
     fields += cross_fields(fields)
     samples = sample_rows(passed, fields)
     write_samples(spark, samples, cfg, write, int(summary.stats["impressions"]))
-    enriched.unpersist()
-    passed.unpersist()
+    for df in (enriched, passed, events):
+        df.unpersist()
     encoding.vocabularies.unpersist()
     event_days = partition_values(table_path(cfg.output, EVENTS), "day")
     return FeatureSpec(
@@ -203,8 +214,30 @@ def _build_session_tables(
     )
 
 
-def _splits(impressions: DataFrame, cfg: EtlConfig) -> Splits:
-    days = [r["day"].isoformat() for r in impressions.select("day").distinct().collect()]
+@dataclass(frozen=True)
+class _InputCounts:
+    splits: Splits
+    impressions: int
+    heavy_users: list[int]  # more than --max-user-behaviors behaviors (etl/heavy_users.py)
+
+
+def _input_counts(data: SourceData, cfg: EtlConfig) -> _InputCounts:
+    """The splits of the impression days, the impressions' count and the heavy users (a
+    user's events are its behaviors), from one Spark job."""
+    keyed = keyed_impressions(data.impressions, cfg.tz_offset_hours)
+    day = F.date_format("day", "yyyy-MM-dd").alias("key")
+    parts = [keyed.groupBy("day").count().select(F.lit("day").alias("kind"), day, "count")]
+    if cfg.max_user_behaviors > 0 and data.behaviors is not None:
+        above = users_above(data.behaviors, cfg.max_user_behaviors)
+        user = F.col("user_id").cast("string").alias("key")
+        parts.append(above.select(F.lit("user").alias("kind"), user, "count"))
+    rows = union_all(parts).collect()
+    per_day = {r["key"]: int(r["count"]) for r in rows if r["kind"] == "day"}
+    heavy = sorted(int(r["key"]) for r in rows if r["kind"] == "user")
+    return _InputCounts(_splits(sorted(per_day), cfg), sum(per_day.values()), heavy)
+
+
+def _splits(days: list[str], cfg: EtlConfig) -> Splits:
     splits = assign_splits(days, cfg.test_days, cfg.valid_days, cfg.test_start)
     if cfg.test_start and not splits.test:
         raise InputError(

@@ -275,27 +275,47 @@ def read_lines(
 
 def parse_file(spark: SparkSession, path: str, spec: FileSpec, persist: bool = True) -> ParsedFile:
     """Read, number, parse and classify every line of ``path``; count read/kept/quarantined."""
-    path = norm_path(path)
-    ends_nl = ends_with_newline(spark, path)
-    lines, n_lines = read_lines(spark, path, need_count=not ends_nl)
-    table = classify(lines, spec, n_lines or 0, ends_nl)
-    if persist:
-        table = table.persist(StorageLevel.MEMORY_AND_DISK)
-    kept = F.col("reason").isNull()
-    cols = {name: F.col(name) for name in spec.names}
-    flag_counts = [
-        F.count(F.when(kept & F.coalesce(check(cols), F.lit(False)), 1)).alias(f"flag_{i}")
-        for i, (_, check) in enumerate(spec.flags)
+    return parse_all(spark, [(path, spec)], persist)[0]
+
+
+def parse_all(
+    spark: SparkSession, files: list[tuple[str, FileSpec]], persist: bool = True
+) -> list[ParsedFile]:
+    """:func:`parse_file` of every file, all counted in one Spark job."""
+    files = [(norm_path(path), spec) for path, spec in files]
+    tables = []
+    for path, spec in files:
+        ends_nl = ends_with_newline(spark, path)
+        lines, n_lines = read_lines(spark, path, need_count=not ends_nl)
+        table = classify(lines, spec, n_lines or 0, ends_nl)
+        tables.append(table.persist(StorageLevel.MEMORY_AND_DISK) if persist else table)
+    counts = [
+        _counts(i, t, spec) for i, (t, (_, spec)) in enumerate(zip(tables, files, strict=True))
     ]
-    row = table.agg(F.count(F.lit(1)).alias("read"), F.count("reason").alias("bad"), *flag_counts)
-    row = row.first()
-    read, bad = int(row["read"]), int(row["bad"])
-    flags = {name: int(row[f"flag_{i}"]) for i, (name, _) in enumerate(spec.flags)}
-    log.info("%s %s: read %d, kept %d, quarantined %d", spec.source, path, read, read - bad, bad)
-    for name, n in flags.items():
-        if n:
-            log.warning("%s %s: %d kept rows with %s", spec.source, path, n, name)
-    return ParsedFile(spec, path, table, read, read - bad, bad, flags)
+    rows = {r["file"]: r for r in union_all(counts).collect()}
+    parsed = []
+    for i, ((path, spec), table) in enumerate(zip(files, tables, strict=True)):
+        read, bad = int(rows[i]["read"]), int(rows[i]["bad"])
+        flags = {name: int(n) for (name, _), n in zip(spec.flags, rows[i]["flags"], strict=True)}
+        log.info("%s %s: read %d kept %d quarantined %d", spec.source, path, read, read - bad, bad)
+        for name in (name for name, n in flags.items() if n):
+            log.warning("%s %s: %d kept rows with %s", spec.source, path, flags[name], name)
+        parsed.append(ParsedFile(spec, path, table, read, read - bad, bad, flags))
+    return parsed
+
+
+def _counts(index: int, table: DataFrame, spec: FileSpec) -> DataFrame:
+    """One row: the file's index, its lines read, quarantined and kept per FileSpec.flags."""
+    kept, cols = F.col("reason").isNull(), {name: F.col(name) for name in spec.names}
+    flags = [
+        F.count(F.when(kept & F.coalesce(check(cols), F.lit(False)), 1)) for _, check in spec.flags
+    ]
+    return table.agg(
+        F.lit(index).alias("file"),
+        F.count(F.lit(1)).alias("read"),
+        F.count("reason").alias("bad"),
+        F.array(*flags).cast("array<bigint>").alias("flags"),
+    )
 
 
 def classify(lines: DataFrame, spec: FileSpec, n_lines: int, ends_nl: bool) -> DataFrame:

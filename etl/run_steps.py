@@ -4,6 +4,8 @@ impressions, the encoded per-user pass and the samples rows it gives."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,13 @@ from etl.vocab import vocabularies
 PASS_CARRY = ("user_id", "ts", "ad_id", "slot", "click", "day", "split")
 # The raw impression columns (plus key and day) the pass reads, as the impressions table holds.
 RAW_IMPRESSION_COLUMNS = ("impression_id", "user_id", "ts", "ad_id", "slot", "click", "day")
+# SQL settings of a run. Adaptive execution runs each query stage as a Spark job of its own (a
+# plan with n shuffles: n + 1 jobs), and per-job cost dominates small inputs; the ETL sizes
+# its shuffles itself (spark.sql.shuffle.partitions, pass buckets, samples files), so static
+# plans lose nothing it relies on and cut the jobs of a run by more than half. A value the job
+# was given wins (infra/k8s's SparkApplications keep adaptive execution on for the full logs,
+# where per-job cost is small and skewed joins are not).
+RUN_SQL_CONF = {"spark.sql.adaptive.enabled": "false"}
 
 
 @dataclass
@@ -63,6 +72,25 @@ class EtlSummary:
         out += [f"  {key}: {value:.6g}" for key, value in self.stats.items()]
         out += [f"  split {name}: {', '.join(days)}" for name, days in self.splits.items()]
         return out
+
+
+@contextmanager
+def run_sql_conf(spark: SparkSession) -> Iterator[None]:
+    """RUN_SQL_CONF for the duration of a run; the session's own values restored after. A
+    setting the job was given (``spark-submit --conf``, the session builder) wins."""
+    given = spark.sparkContext.getConf()
+    chosen = {k: v for k, v in RUN_SQL_CONF.items() if not given.contains(k)}
+    saved = {key: spark.conf.get(key, None) for key in chosen}
+    for key, value in chosen.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def check_output_folder(output: str) -> None:

@@ -98,14 +98,39 @@ def lakes(spark, tmp_path_factory):
     write_world(WorldConfig(users=80, days=len(DAYS), history_days=1, seed=5), root / "world")
     inputs = {d: cut_world(root / "world", root / f"upto_{d}", d) for d in DAYS}
     full, inc = root / "full", root / "inc"
-    etl(spark, inputs[DAYS[-1]], full, incremental=False)
+    JOBS["full"], _ = jobs_of(spark, "full", etl, spark, inputs[DAYS[-1]], full, False)
     etl(spark, inputs[DAYS[FIRST_FULL - 1]], inc, incremental=False)
     first_vocab = read_recorded(spark, inc, VOCAB).toPandas()
     first_spec = FeatureSpec.load(inc)
     for day in DAYS[FIRST_FULL:]:
-        summary = etl(spark, inputs[day], inc, incremental=True)
+        JOBS[day], summary = jobs_of(spark, day, etl, spark, inputs[day], inc, True)
         assert summary.days == [day]
     return full, inc, inputs, first_vocab, first_spec
+
+
+JOBS: dict[str, int] = {}  # Spark jobs of each run of the ``lakes`` fixture: "full", day
+MAX_FULL_JOBS = 30  # issue 16's budget for a run, whatever the size
+MAX_INCREMENTAL_JOBS = 66  # what an added day takes today (replaceWhere commits, lake scans)
+
+
+def jobs_of(spark, group: str, fn, *args):
+    """(the Spark jobs ``fn(*args)`` ran, counted through a job group: deterministic, unlike
+    time; its result)."""
+    sc = spark.sparkContext
+    group = f"test-incremental-etl-{group}"
+    sc.setJobGroup(group, group)
+    try:
+        result = fn(*args)
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    return len(sc.statusTracker().getJobIdsForGroup(group)), result
+
+
+def test_full_and_incremental_runs_stay_within_the_job_budget(lakes):
+    print(f"Spark jobs per run: {JOBS}")
+    assert 0 < JOBS["full"] <= MAX_FULL_JOBS, JOBS
+    for day in DAYS[FIRST_FULL:]:
+        assert 0 < JOBS[day] <= MAX_INCREMENTAL_JOBS, JOBS
 
 
 def test_days_one_at_a_time_equal_one_full_run_decoded(spark, lakes):

@@ -133,4 +133,4 @@ def parse_files(
     """Check every file's layout first (a wrong one fails before any Spark job), then parse."""
     for path, spec in files:
         check(spark, quality.norm_path(path), spec)
-    return [quality.parse_file(spark, path, spec, persist) for path, spec in files]
+    return quality.parse_all(spark, list(files), persist)

@@ -72,7 +72,6 @@ def run_spark(args: BenchEtlConfig) -> dict:
     pipeline.write_samples = timed(pipeline.write_samples, lambda *a, **kw: "samples write")
     # the pass runs when its persisted output is first aggregated (label stats + row count)
     pipeline._label_stats = timed(pipeline._label_stats, lambda *a, **kw: PASS_STAGE)
-    pipeline.heavy_users = timed(pipeline.heavy_users, lambda *a, **kw: "sessions")
     cpu0, workers0, t0 = sampler.cpu_total(), sampler.cpu_total("workers"), time.perf_counter()
     summary = pipeline.run_etl(spark, cfg)
     etl_seconds = time.perf_counter() - t0
