@@ -182,6 +182,8 @@ def test_two_rounds_two_arms_end_to_end(spark, tmp_path):
     assert g[1]["ctr_auc"] == u[1]["ctr_auc"] and (tmp_path / "sim/seed_0/uniform/lake").is_dir()
     assert set(report["stages"]) >= {"world", "etl", "training", "registration", "policy"}
     client = client_for(uri)
+    experiment = client.get_experiment(client.get_run(report["mlflow_run_id"]).info.experiment_id)
+    assert experiment.artifact_location.startswith(tmp_path.as_uri())  # not ./mlruns
     for arm in ("greedy", "uniform"):
         versions = client.search_model_versions(f"name='isrec-sim-{arm}'")
         assert sorted(int(v.tags["isrec.round"]) for v in versions) == [1, 2]

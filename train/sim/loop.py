@@ -46,10 +46,11 @@ def run_simulation(spark: Any, cfg: SimulateConfig) -> dict[str, Any]:
     """The whole experiment; returns the report (train/sim/report.py ``Rounds.to_json``)."""
     import mlflow
 
-    from train.tracking.store import configure
+    from train.tracking.store import ensure_experiment
 
-    configure(cfg.tracking_uri or None)
-    mlflow.set_experiment(cfg.experiment)
+    # created with its artifacts beside a SQLite store (mlflow.set_experiment would put them in
+    # ./mlruns of the working directory)
+    mlflow.set_experiment(experiment_id=ensure_experiment(cfg.experiment, cfg.tracking_uri or None))
     rounds, stages = Rounds(cfg.arm_specs()), dict.fromkeys(STAGES, 0.0)
     with mlflow.start_run(run_name=f"simulate-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
         mlflow.log_params({k: v for k, v in asdict(cfg).items() if v != ""})
