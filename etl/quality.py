@@ -298,8 +298,9 @@ def parse_all(
         read, bad = int(rows[i]["read"]), int(rows[i]["bad"])
         flags = {name: int(n) for (name, _), n in zip(spec.flags, rows[i]["flags"], strict=True)}
         log.info("%s %s: read %d kept %d quarantined %d", spec.source, path, read, read - bad, bad)
-        for name in (name for name, n in flags.items() if n):
-            log.warning("%s %s: %d kept rows with %s", spec.source, path, flags[name], name)
+        for name, n in flags.items():
+            if n:
+                log.warning("%s %s: %d kept rows with %s", spec.source, path, n, name)
         parsed.append(ParsedFile(spec, path, table, read, read - bad, bad, flags))
     return parsed
 
