@@ -1090,7 +1090,7 @@ def cluster_env(tmp_path):
         "ISREC_CLUSTER_DIR": str(tmp_path / "cluster"),
         "ISREC_PYTHON": sys.executable,
         "ISREC_START_TIMEOUT": "300",
-        # two processes of the Ray head outlive SIGTERM until stop's SIGKILL (default 15 s)
+        # bounds the wait before a stop SIGKILLs what ignored SIGTERM (default 15 s)
         "ISREC_STOP_TIMEOUT": "5",
         "ISREC_MLFLOW_ADMIN_PASSWORD": "e2e-" + secrets.token_urlsafe(16),  # basic auth
     }

@@ -199,8 +199,10 @@ def test_training_rejects_a_missing_lake_in_one_line(s3_client_env):
 
 @pytest.mark.slow
 def test_lake_and_checkpoints_on_object_store(s3_client_env, tmp_path):
-    """spark-submit ETL into s3a://, a rerun that adds no rows, both loaders read the same
-    rows from s3://, and jobs/train.py with Ray storage in the bucket registers a model."""
+    """spark-submit ETL into s3a://, both loaders read the same rows from s3://, and
+    jobs/train.py with Ray storage in the bucket registers a model. (That a rerun adds no rows
+    is tested on local paths, tests/test_etl_pipeline.py: the Delta commits are the same code
+    on s3a://, and a second spark-submit here cost a quarter of this test.)"""
     env = s3_client_env | {
         "PYSPARK_PYTHON": sys.executable,
         "PYSPARK_DRIVER_PYTHON": sys.executable,
@@ -215,9 +217,6 @@ def test_lake_and_checkpoints_on_object_store(s3_client_env, tmp_path):
     assert etl.returncode == 0, etl.stderr[-4000:]
     first = _samples_count(etl.stdout)
     assert first > 0
-    again = _spark_submit_etl(world, lake, env)
-    assert again.returncode == 0, again.stderr[-4000:]
-    assert _samples_count(again.stdout) == first  # a rerun overwrites, never appends
 
     _check_loaders_agree(f"s3://{prefix}/lake", first)
 
@@ -228,7 +227,7 @@ def test_lake_and_checkpoints_on_object_store(s3_client_env, tmp_path):
         "--lake",
         f"s3://{prefix}/lake",
     ]
-    train += ["--model", "esmm", "--epochs", "1", "--num-workers", "2", "--batch-size", "256"]
+    train += ["--model", "esmm", "--epochs", "1", "--num-workers", "1", "--batch-size", "256"]
     train += ["--storage-path", f"s3://{prefix}/ray", "--tracking-uri", tracking, "--register"]
     done = subprocess.run(
         train, env=env | mlflow_env(tracking), capture_output=True, text=True, timeout=900

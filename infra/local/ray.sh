@@ -256,9 +256,36 @@ start() {
   die "Ray did not start (ISREC_RAY_START_ATTEMPTS=$START_ATTEMPTS); logs in $STATE_DIR/logs"
 }
 
+# terminate_members NAME GLOB [not]: SIGTERM the processes of node NAME whose command line
+# matches GLOB (with "not": those that do not) and wait up to STOP_TIMEOUT for them to exit.
+terminate_members() {
+  local pid cmd picked=() deadline
+  for pid in $(service_pids "$1"); do
+    cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || continue
+    # shellcheck disable=SC2053  # GLOB is a pattern on purpose
+    if [[ "$cmd" == $2 ]]; then [[ "${3:-}" != not ]] && picked+=("$pid"); else
+      [[ "${3:-}" == not ]] && picked+=("$pid"); fi
+  done
+  ((${#picked[@]})) || return 0
+  kill -TERM "${picked[@]}" 2>/dev/null || true
+  deadline=$((SECONDS + STOP_TIMEOUT))
+  for pid in "${picked[@]}"; do
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+  done
+}
+
+# stop_node NAME: `ray stop`'s order: the raylet, then the other components, the GCS last. The
+# GCS and the autoscaler's monitor ignore SIGTERM while the others still run (each stop then
+# waited STOP_TIMEOUT for the SIGKILL); in this order every process exits in seconds.
+stop_node() {
+  terminate_members "$1" '*/raylet/raylet *'
+  terminate_members "$1" '*/gcs_server *' not
+  stop_service "$1"
+}
+
 stop() {
-  stop_service ray-node
-  stop_service ray-head
+  stop_node ray-node
+  stop_node ray-head
 }
 
 status() {
