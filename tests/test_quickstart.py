@@ -35,6 +35,8 @@ def run_quickstart(data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
         "1",
         "--models",
         ",".join(MODELS),
+        "--num-workers",  # two workers: tests/test_loop.py, test_infra.py, test_two_hosts.py
+        "1",
         *extra,
     ]
     # as a user's shell would: no MLflow store exported by an earlier test's set_tracking_uri

@@ -266,7 +266,8 @@ def train_all(
             log.info("reusing trained %s (same data version and options)", model)
             rows[model] = {k: tuple(v) for k, v in cached["summary"].items()}
             continue
-        log.info("training %s with %d Ray Train workers", model, cfg.num_workers)
+        plural = "s" if cfg.num_workers != 1 else ""
+        log.info("training %s with %d Ray Train worker%s", model, cfg.num_workers, plural)
         steps = seconds if seconds is not None else {}
         with timed(steps, f"train {model}"):
             result = train_and_log(train)
