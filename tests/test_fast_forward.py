@@ -9,6 +9,8 @@ import torch
 from test_models import TINY, make_batch, make_spec
 from test_slate_scoring import rows_of, slate
 
+from train.layers import sequence_lengths
+from train.layers.sequence import distinct_rows
 from train.models import build_model
 
 VARIANTS = [
@@ -74,5 +76,9 @@ def test_grouped_embeds_and_runs_the_history_once_per_distinct_row() -> None:
         lambda m, i, o: btag_rows.append(len(i[0]))
     )
     both(model, batch)
-    assert gru_rows[0] == gru_rows[1] < len(batch["cate"]) // 2  # both group the GRU's rows
+    # plain: every row through the GRU; grouped: the distinct GRU input rows only
+    assert gru_rows[0] == len(batch["cate"])
+    flags = model.match(batch, torch.float32)
+    key = model.gru_inputs_key(batch, flags, sequence_lengths(batch, spec))
+    assert gru_rows[1] == len(distinct_rows(key)[0]) < len(batch["cate"]) // 2
     assert btag_rows == [len(batch["cate"]), gru_rows[1]]  # grouped: embeds distinct rows only

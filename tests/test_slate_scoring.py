@@ -1,5 +1,6 @@
 """Scoring a slate fast without changing a single output: the GRU runs once per distinct history
-row, and the attention's first layer never builds its (B, L, 4K) input (pure torch, seconds)."""
+row (rnn_mtl's grouped eval), and the attention's first layer never builds its (B, L, 4K) input
+(pure torch, seconds)."""
 
 from __future__ import annotations
 
@@ -77,17 +78,21 @@ def test_distinct_rows_groups_equal_rows() -> None:
 
 @pytest.mark.parametrize("packed", [True, False])
 def test_gru_on_distinct_rows_equals_every_row(packed: bool) -> None:
+    """What rnn_mtl's grouped eval relies on: the GRU over one row per distinct (input, length),
+    spread back by ``inverse``, gives every row's outputs (empty histories included)."""
     torch.manual_seed(0)
     gru = GRUEncoder(5, 7, packed=packed)
     base = torch.randn(3, 8, 5)
     pick = torch.tensor([0, 1, 0, 2, 2, 0, 1])
     x, lengths = base[pick], torch.tensor([4, 0, 3, 8, 8, 4, 0])[[0, 1, 0, 3, 3, 0, 1]]
-    key = torch.stack([pick, lengths], dim=1)
+    first, inverse = distinct_rows(torch.stack([pick, lengths], dim=1))
     runs = []
-    gru.gru.register_forward_hook(lambda m, i, o: runs.append(i[0]))
-    for a, b in zip(gru(x, lengths, key), gru(x, lengths), strict=True):
-        torch.testing.assert_close(a, b)
-    assert rows_of(runs[0]) == 3  # the GRU saw the three distinct rows, not seven
+    gru.gru.register_forward_hook(lambda m, i, o: runs.append(rows_of(i[0])))
+    grouped = gru(x.index_select(0, first), lengths.index_select(0, first))
+    every = gru(x, lengths)
+    for a, b in zip(grouped, every, strict=True):
+        torch.testing.assert_close(a.index_select(0, inverse), b)
+    assert runs == [3, 7]  # the three distinct rows, then all seven
 
 
 def slate(batch: dict[str, torch.Tensor], row: int, k: int) -> dict[str, torch.Tensor]:

@@ -33,6 +33,8 @@ REQUIRED = ("user_id", "time", "pid", "candidates")
 OPTIONAL = ("events", "profile")
 EVENT_KEYS = ("time", "btag", "cate", "brand")
 OPTIONAL_EVENT_KEYS = ("item",)
+_EVENT_KEY_SET = frozenset((*EVENT_KEYS, *OPTIONAL_EVENT_KEYS))
+_BTAG_SET = frozenset(BTAGS)
 RESPONSE_SCORES = ("pctr", "pcvr", "pctcvr", "expected_views", "score")
 SCORED = RESPONSE_SCORES[:-1]  # what the model gives per candidate (score: the policy's)
 
@@ -179,16 +181,17 @@ def _events(value: Any, time: int, where: str) -> list[Event]:
         what = f"{where}: events[{j}]"
         if not isinstance(raw, Mapping):
             raise BadRequest(f"{what} must be an object with {list(EVENT_KEYS)}")
-        missing = [k for k in ("time", "btag") if k not in raw]
-        unknown = sorted(set(raw) - set(EVENT_KEYS) - set(OPTIONAL_EVENT_KEYS))
-        if missing or unknown:
+        if not ("time" in raw and "btag" in raw and raw.keys() <= _EVENT_KEY_SET):
+            missing = [k for k in ("time", "btag") if k not in raw]
+            unknown = sorted(set(raw) - _EVENT_KEY_SET)
             raise BadRequest(f"{what}: missing {missing}, unknown {unknown}")
-        if raw["btag"] not in BTAGS:
-            raise BadRequest(f"{what}: btag must be one of {list(BTAGS)}, got {raw['btag']!r}")
+        btag = raw["btag"]
+        if not (isinstance(btag, str) and btag in _BTAG_SET):
+            raise BadRequest(f"{what}: btag must be one of {list(BTAGS)}, got {btag!r}")
         events.append(
             Event(
                 time=_field(raw, "time", what, nullable=False),
-                btag=raw["btag"],
+                btag=btag,
                 cate=_field(raw, "cate", what),
                 brand=_field(raw, "brand", what),
                 item=_field(raw, "item", what),
@@ -321,7 +324,10 @@ class SlateScorer:
         sizes = [len(columns[self.first]) for columns in encoded]
         outputs: dict[str, list[np.ndarray]] = {k: [] for k in SCORED}
         for chunk in _chunks(sizes, self.max_rows):
-            columns = {n: np.concatenate([encoded[i][n] for i in chunk]) for n in self.dtypes}
+            if len(chunk) == 1:  # one request (the online case): no copy to concatenate
+                columns = encoded[chunk[0]]
+            else:
+                columns = {n: np.concatenate([encoded[i][n] for i in chunk]) for n in self.dtypes}
             with torch.inference_mode():
                 out = self.model(self.tensors(columns))
             for k in SCORED:

@@ -27,16 +27,7 @@ class GRUEncoder(nn.Module):
         self.packed = packed
         self.output_dim = hidden
 
-    def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor, group_key: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``group_key`` (B, K) ints, equal rows <=> equal inputs and lengths: the GRU then runs
-        once per distinct row (the K candidates of one request share the history)."""
-        if group_key is not None:
-            first, inverse = distinct_rows(group_key)
-            if len(first) < len(group_key):
-                states, last = self.forward(x.index_select(0, first), lengths[first])
-                return states.index_select(0, inverse), last.index_select(0, inverse)
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         max_len = x.shape[1]
         if self.packed and len(lengths) and bool((lengths == lengths[0]).all()) and lengths[0] > 0:
             return self._same_length(x, int(lengths[0]))
@@ -148,15 +139,15 @@ class TargetAttention(nn.Module):
         first: nn.Linear = self.score[0]
         k = keys.shape[-1]
         w = first.weight
-        out = F.linear(q, w[:, :k] + w[:, 2 * k : 3 * k], first.bias).unsqueeze(1)
-        key_term = F.linear(keys, w[:, k : 2 * k] - w[:, 2 * k : 3 * k])
+        query_term = F.linear(q, w[:, :k] + w[:, 2 * k : 3 * k], first.bias).unsqueeze(1)
+        out = F.linear(keys, w[:, k : 2 * k] - w[:, 2 * k : 3 * k])
         if key_index is not None:
-            key_term = key_term.index_select(0, key_index)
+            out = out.index_select(0, key_index)
             keys = keys.index_select(0, key_index)
-        out = out + key_term
-        out = out + F.linear(q.unsqueeze(1) * keys, w[:, 3 * k : 4 * k])
+        # in place on the (B, L, H) sums: none of them is saved for the backward pass
+        out = out.add_(query_term).add_(F.linear(q.unsqueeze(1) * keys, w[:, 3 * k : 4 * k]))
         if side is not None:
-            out = out + F.linear(side, w[:, 4 * k :])
+            out = out.add_(F.linear(side, w[:, 4 * k :]))
         return out, keys
 
 

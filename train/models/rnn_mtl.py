@@ -42,7 +42,7 @@ class RNNMTL(BaseModel):
     entire_space = True
     has_exploration = True
     # eval: the history side once per distinct GRU input row (``grouped_logits``); False runs
-    # the plain path, which tests/test_fast_forward.py compares with it
+    # the plain path (every row through the GRU), which tests/test_fast_forward.py compares
     grouped_eval = True
 
     def __init__(self, spec: FeatureSpec, cfg: RNNMTLConfig) -> None:
@@ -87,10 +87,8 @@ class RNNMTL(BaseModel):
             steps = torch.cat([steps, flags], dim=-1)
         parts = [embs[n] for n in self.context_fields]
         keys = steps
-        if self.gru is not None:  # candidate-free unless the flags are GRU inputs
-            lengths = sequence_lengths(batch, self.spec)
-            group = None if self.training else self.gru_inputs_key(batch, flags, lengths)
-            keys, last = self.gru(steps, lengths, group)
+        if self.gru is not None:  # every row through the GRU (grouped_logits' reference)
+            keys, last = self.gru(steps, sequence_lengths(batch, self.spec))
             parts.insert(0, last)
         if flags is not None and not self.flags_in_gru:
             keys = torch.cat([keys, flags], dim=-1)
