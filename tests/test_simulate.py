@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers_mlflow import PROJECT_ROOT, client_for, sqlite_uri
@@ -151,7 +152,7 @@ def test_bad_options_are_one_line_exit_2(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_two_rounds_two_arms_end_to_end(spark, tmp_path):
-    from train.sim.loop import run_simulation
+    from train.sim.loop import held_out_mask, run_simulation, seed_world
 
     uri = sqlite_uri(tmp_path)
     cfg = SimulateConfig(
@@ -210,6 +211,15 @@ def test_two_rounds_two_arms_end_to_end(spark, tmp_path):
     versions = client.search_model_versions("name='isrec-sim-greedy'")
     by_round = {v.tags["isrec.round"]: v.tags["isrec.warm_start"] for v in versions}
     assert by_round == {"1": "false", "2": "true"}
+    # the evaluation day's users are held out: in no arm's logs
+    world = seed_world(cfg, 0)
+    held_out = set(world.users.ids[~held_out_mask(world, cfg.eval_users)].tolist())
+    assert len(held_out) == cfg.eval_users
+    for arm in ("greedy", "uniform", "greedy-on-uniform"):
+        raw = tmp_path / "sim" / "seed_0" / arm / "raw"
+        for name in ("raw_sample.csv", "behavior_log.csv"):
+            logged = pd.read_csv(raw / name, usecols=[0]).iloc[:, 0]
+            assert logged.size and not held_out & set(logged.tolist()), (arm, name)
     lake = tmp_path / "sim" / "seed_0" / "greedy" / "lake"
     spec = FeatureSpec.load(lake)
     assert spec.vocab_version >= 1 and spec.tables["events"] >= 1

@@ -476,3 +476,17 @@ def test_bad_decisions_fail_clearly() -> None:
         world.simulate_day(0, out_of_range)
     with pytest.raises(ValueError, match="slate"):
         TaobaoWorld(LOOP, LoopConfig(slate=0))
+
+
+def test_a_user_mask_simulates_those_users_only() -> None:
+    """The closed loop's held-out users: a day of the masked users has no one else, the
+    complement none of them, and a mask gives the same day again."""
+    world = TaobaoWorld(LOOP)
+    ids = world.users.ids
+    held = np.zeros(ids.size, dtype=bool)
+    held[-ids.size // 4 :] = True
+    days = [world.simulate_day(0, UniformSlot(), users=mask).logs for mask in (held, ~held, held)]
+    for logs, mask in zip(days, (held, ~held), strict=False):
+        for table in (logs.impressions, logs.behaviors):
+            assert table["user"].size and np.isin(table["user"], ids[mask]).all()
+    _same_logs(days[0], days[2])

@@ -199,14 +199,18 @@ class TaobaoWorld(BehaviorModel):
             self.catalog = grow_catalog(self.catalog, self.config, d, entered)
         self.catalog_day = max(self.catalog_day, day)
 
-    def simulate_day(self, day: int, policy: SlatePolicy | None = None) -> DayLogs:
+    def simulate_day(
+        self, day: int, policy: SlatePolicy | None = None, users: np.ndarray | None = None
+    ) -> DayLogs:
         """Every user's sessions of day ``day`` (0 = 2017-05-06; negative days show no ads)
-        under ``policy`` (the logging policy by default). The same day and seed give the same
-        session plan for any policy; the day's streams do not depend on earlier days, and
-        several arms may share one world (the catalog of a day is the same for all). A user's
-        sessions run one after the other, so ``request.behaviors()`` holds every behavior of
-        the day before the request (in ``simulate_chunk`` sessions of all days step together:
-        there it may miss some of the user's earlier sessions)."""
+        under ``policy`` (the logging policy by default); ``users`` (a boolean mask over the
+        world's users) keeps the sessions of those users only (the closed loop's held-out
+        evaluation users). The same day, seed and mask give the same session plan for any
+        policy; the day's streams do not depend on earlier days, and several arms may share
+        one world (the catalog of a day is the same for all). A user's sessions run one after
+        the other, so ``request.behaviors()`` holds every behavior of the day before the
+        request (in ``simulate_chunk`` sessions of all days step together: there it may miss
+        some of the user's earlier sessions)."""
         if day < -DAY_KEY_OFFSET:
             raise ValueError(f"day must be >= {-DAY_KEY_OFFSET}, got {day}")
         self.advance_to(day)
@@ -219,6 +223,8 @@ class TaobaoWorld(BehaviorModel):
             lo, hi = chunk * per_chunk, min((chunk + 1) * per_chunk, self.config.users)
             rng = stream(seed, 8, key, chunk)
             plan = self.plan_sessions(np.arange(lo, hi), rng, day, 1)
+            if users is not None:  # after planning: every user's plan is the same either way
+                plan = {k: v[users[plan["user"]]] for k, v in plan.items()}
             plan["wave"] = _ordinal(plan["user"])  # a request sees the user's earlier sessions
             setup = self._setup(day, stream(seed, 9, key, chunk), stream(seed, 10, key, chunk))
             end = T0 + (day + 1) * DAY_S

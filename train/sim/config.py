@@ -45,7 +45,11 @@ class SimulateConfig:
     )
     max_len: int = field(default=20, metadata={"help": "history length L (ETL)"})
     eval_users: int = field(
-        default=200, metadata={"help": "users of the fixed uniform-logged evaluation day"}
+        default=200,
+        metadata={
+            "help": "held-out users (in no arm's logs) whose uniform-logged day measures "
+            "every arm's model"
+        },
     )
     ope_arm: str = field(
         default="",

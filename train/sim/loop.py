@@ -26,6 +26,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from etl.config import EtlConfig
 from etl.online import FeatureBundle
 from etl.pipeline import run_etl
@@ -35,7 +37,7 @@ from train.sim.arms import Arm, arm_name
 from train.sim.config import SimulateConfig
 from train.sim.measure import EvalSet, day_metrics
 from train.sim.offpolicy import OffPolicyRecorder, with_errors
-from train.sim.ranker import ModelScorer, ModelSlatePolicy, read_profiles
+from train.sim.ranker import ModelScorer, ModelSlatePolicy, PastEvents, read_profiles
 from train.sim.report import Rounds
 
 log = logging.getLogger(__name__)
@@ -67,29 +69,24 @@ STAGES = ("world", "etl", "training", "registration", "policy", "evaluation")
 
 def run_seed(spark: Any, cfg: SimulateConfig, seed: int, rounds: Rounds, stages: Stages) -> None:
     t0 = time.perf_counter()
-    world = TaobaoWorld(
-        WorldConfig(
-            seed=seed,
-            users=cfg.world_users,
-            days=cfg.initial_days + cfg.rounds,
-            history_days=cfg.history_days,
-        ),
-        LoopConfig(slate=cfg.slate, new_ad_share=cfg.new_ad_share),
-    )
+    world = seed_world(cfg, seed)
+    served = held_out_mask(world, cfg.eval_users)
+    held_out = ~served
     root = Path(cfg.data_dir) / f"seed_{seed}"
     arms = [Arm(spec, root / arm_name(spec)) for spec in cfg.arm_specs()]
     arms.sort(key=lambda a: a.trains_on is not None)  # sources train before their borrowers
     by_spec = {a.spec: a for a in arms}
+    eval_past = PastEvents()  # the held-out users' behaviors: no arm logs or trains on them
     for day in range(-cfg.history_days, cfg.initial_days):
-        logs = world.simulate_day(day)
+        logs = world.simulate_day(day, users=served)
         for arm in arms:
             arm.add_day(world, logs)
+        eval_past.extend(world.simulate_day(day, users=held_out).logs.behaviors)
     profiles = read_profiles(str(arms[0].raw / "user_profile.csv"))
     round0 = day_metrics(logs, cfg.world_users, arms[0].ad_impressions)
-    shared_past = arms[0].past
     stages["world"] += time.perf_counter() - t0
     t0 = time.perf_counter()
-    evaluation = EvalSet.build(world, cfg.initial_days, shared_past, profiles, cfg.eval_users)
+    evaluation = EvalSet.build(world, cfg.initial_days, eval_past, profiles, held_out)
     stages["evaluation"] += time.perf_counter() - t0
     for arm in arms:
         rounds.add(arm.spec, seed, 0, round0)
@@ -112,12 +109,13 @@ def run_seed(spark: Any, cfg: SimulateConfig, seed: int, rounds: Rounds, stages:
                     spark, cfg, arm, seed, r, evaluation, stages, checkpoints
                 )
                 first = first or arm
-        serve_round(cfg, world, arms, seed, r, profiles, qualities, rounds, stages)
+        serve_round(cfg, world, served, arms, seed, r, profiles, qualities, rounds, stages)
 
 
 def serve_round(
     cfg: SimulateConfig,
     world: TaobaoWorld,
+    served: np.ndarray,
     arms: list[Arm],
     seed: int,
     round_: int,
@@ -126,8 +124,9 @@ def serve_round(
     rounds: Rounds,
     stages: Stages,
 ) -> None:
-    """Each arm's policy with its model of the round serves day ``initial_days - 1 + round_``;
-    the OPE arm (if any) serves first, recording every other arm's view of its slates."""
+    """Each arm's policy with its model of the round serves day ``initial_days - 1 + round_``
+    to the ``served`` users; the OPE arm (if any) serves first, recording every other arm's
+    view of its slates."""
     day = cfg.initial_days - 1 + round_
     ope_arm = cfg.ope_arm_spec()
     ope: dict[str, dict[str, float]] = {}
@@ -142,7 +141,7 @@ def serve_round(
                 if other is not arm
             }
             policy = recorder = OffPolicyRecorder(policy, targets)
-        logs = world.simulate_day(day, policy)
+        logs = world.simulate_day(day, policy, users=served)
         arm.add_day(world, logs)
         if recorder is not None:
             ope = recorder.estimates(logs.logs.impressions)
@@ -154,6 +153,27 @@ def serve_round(
         t0 = time.perf_counter()
         log_child(cfg, arm, seed, round_, metrics)
         stages["registration"] += time.perf_counter() - t0
+
+
+def seed_world(cfg: SimulateConfig, seed: int) -> TaobaoWorld:
+    """The world of one seed: the served users plus ``eval_users`` held-out ones."""
+    return TaobaoWorld(
+        WorldConfig(
+            seed=seed,
+            users=cfg.world_users + cfg.eval_users,
+            days=cfg.initial_days + cfg.rounds,
+            history_days=cfg.history_days,
+        ),
+        LoopConfig(slate=cfg.slate, new_ad_share=cfg.new_ad_share),
+    )
+
+
+def held_out_mask(world: TaobaoWorld, eval_users: int) -> np.ndarray:
+    """Boolean mask of the users the arms serve: all but the last ``eval_users`` (held out:
+    they appear in no arm's logs, only in the evaluation day)."""
+    served = np.ones(world.users.ids.size, dtype=bool)
+    served[world.users.ids.size - eval_users :] = False
+    return served
 
 
 def arm_scorer(arm: Arm) -> ModelScorer | None:

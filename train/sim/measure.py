@@ -35,8 +35,9 @@ def day_metrics(day: DayLogs, users: int, ad_impressions: np.ndarray) -> dict[st
 
 @dataclass
 class EvalSet:
-    """Impressions of one day under uniform logging, with the world's truth, and the users'
-    behaviors before them: the same rows score every arm's model of every round."""
+    """Impressions of one day of held-out users (in no arm's logs) under uniform logging,
+    with the world's truth, and the users' behaviors before them: the same rows score every
+    arm's model of every round."""
 
     requests: list[RankRequest]
     click: np.ndarray
@@ -46,15 +47,15 @@ class EvalSet:
 
     @classmethod
     def build(
-        cls, world: TaobaoWorld, day: int, past: PastEvents, profiles: dict, users: int
+        cls, world: TaobaoWorld, day: int, past: PastEvents, profiles: dict, users: np.ndarray
     ) -> EvalSet:
-        """Simulate ``day`` on a copy of ``world`` (the world itself does not move) under a
-        uniform choice from each slate; keep the impressions of the first ``users`` users."""
+        """Simulate ``day`` for the ``users`` (a boolean mask over the world's users; ``past``
+        holds their earlier behaviors) on a copy of ``world`` (the world itself does not move)
+        under a uniform choice from each slate."""
         twin = copy.deepcopy(world)
-        logs = twin.simulate_day(day, ModelSlatePolicy(Uniform(), None, past, profiles))
+        policy = ModelSlatePolicy(Uniform(), None, past, profiles)
+        logs = twin.simulate_day(day, policy, users=users)
         imp, beh = logs.logs.impressions, logs.logs.behaviors
-        keep = np.isin(imp["user"], twin.users.ids[:users])
-        imp = {k: v[keep] for k, v in imp.items()}
         today = pd.DataFrame({k: beh[k] for k in ("user", "time_stamp", "btag", "cate", "brand")})
         by_user = {int(u): g for u, g in today.groupby("user", sort=False)}
         requests = []
