@@ -7,6 +7,8 @@ Training workers, tracking, lineage and the lake's Spark readers resolve version
 - ``latest_version(table)``: the highest committed version and its commit file;
 - ``files_at(table, version)``: the data files of a version (last checkpoint + later commits),
   optionally of one partition; a version the log does not hold is a ``SnapshotError``;
+- ``replay(table, version)``: a version's active add actions (with their stats), metaData and
+  protocol, which the incremental ETL reads its context through (etl/lake.py, ``read_files``);
 - ``recorded_version(spec, table)``: the version of a table the lake's feature spec records;
 - ``snapshot_files(lake, split, spec)``: the files of one split of that version.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -75,8 +78,36 @@ def files_at(
 
 
 def _adds_at(table: str | Path, version: int | None) -> dict[str, dict[str, str]]:
-    """Active files of a version -> their partition values: last checkpoint at or before it,
-    then every later commit up to it (all of which the log must hold)."""
+    """Active files of a version -> their partition values."""
+    return {path: _values(add) for path, add in replay(table, version).adds.items()}
+
+
+@dataclass
+class Replayed:
+    """A version's state from its log: active add actions by path, its metaData and protocol."""
+
+    version: int
+    adds: dict[str, dict] = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+    protocol: dict = field(default_factory=dict)
+
+    def rows(self, partition: str | None = None, since: str | None = None) -> int | None:
+        """Rows of the active files (their stats' numRecords), only those whose ``partition``
+        value is >= ``since`` when given; None when a file has no stats."""
+        total = 0
+        for add in self.adds.values():
+            if partition and since and str(_values(add).get(partition)) < since:
+                continue
+            stats = json.loads(add.get("stats") or "{}")
+            if "numRecords" not in stats:
+                return None
+            total += int(stats["numRecords"])
+        return total
+
+
+def replay(table: str | Path, version: int | None) -> Replayed:
+    """A version's state: last checkpoint at or before it, then every later commit up to it
+    (all of which the log must hold)."""
     commits, checkpoints = delta_log(table)
     if not commits and not checkpoints:
         raise SnapshotError(f"no Delta table at {table} (no {DELTA_LOG_DIR} commits): run the ETL")
@@ -89,19 +120,27 @@ def _adds_at(table: str | Path, version: int | None) -> dict[str, dict[str, str]
             f"Delta version {target} of {table} is not in its log (it holds versions {held}"
             f"{f', without commit {gaps[0]}' if gaps else ''}): rerun the ETL"
         )
-    active: dict[str, dict[str, str]] = {}
+    state = Replayed(target)
     if start >= 0:
         fs, inner = storage.filesystem(checkpoints[start])
-        adds = pq.read_table(inner, columns=["add"], filesystem=fs).to_pylist()
-        active = {a["add"]["path"]: _values(a["add"]) for a in adds if a["add"]}
+        columns = ["add", "metaData", "protocol"]
+        for row in pq.read_table(inner, columns=columns, filesystem=fs).to_pylist():
+            _apply(state, {k: v for k, v in row.items() if v})
     for v in range(start + 1, target + 1):
         for line in storage.read_text(commits[v]).splitlines():
-            action = json.loads(line) if line.strip() else {}
-            if "add" in action:
-                active[action["add"]["path"]] = _values(action["add"])
-            elif "remove" in action:
-                active.pop(action["remove"]["path"], None)
-    return active
+            _apply(state, json.loads(line) if line.strip() else {})
+    return state
+
+
+def _apply(state: Replayed, action: dict) -> None:
+    if "add" in action:
+        state.adds[action["add"]["path"]] = action["add"]
+    elif "remove" in action:
+        state.adds.pop(action["remove"]["path"], None)
+    elif "metaData" in action:
+        state.metadata = action["metaData"]
+    elif "protocol" in action:
+        state.protocol = action["protocol"]
 
 
 def _values(add: dict) -> dict[str, str]:

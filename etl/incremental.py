@@ -58,7 +58,7 @@ from etl.config import EtlConfig
 from etl.cross import cross_fields
 from etl.features import SEQUENCE_SOURCE
 from etl.heavy_users import cap_user_events, heavy_sessions_users
-from etl.lake import read_recorded, restore_to, write_samples
+from etl.lake import read_files, read_pandas, recorded_state, restore_to, write_samples
 from etl.quality import union_all
 from etl.run_steps import (
     RAW_IMPRESSION_COLUMNS,
@@ -72,6 +72,7 @@ from etl.run_steps import (
 )
 from etl.samples import Splits, assign_splits, build_vocabularies, feature_fields
 from etl.schemas import BEHAVIORS, EVENTS, IMPRESSIONS
+from etl.schemas import VOCAB as VOCAB_SCHEMA
 from etl.sessionize import btag_rank, sessionize, summarize_sessions
 from etl.sources.base import InputError, SourceData
 from etl.spec import FeatureSpec
@@ -82,6 +83,7 @@ from etl.vocab import extend_vocab, vocab_sizes
 
 log = logging.getLogger(__name__)
 REPLACED = (EVENTS_TABLE, SESSIONS, IMPRESSIONS_TABLE, SAMPLES)  # replaceWhere tables
+CONTEXT = (EVENTS_TABLE, SESSIONS, IMPRESSIONS_TABLE, AD_TABLE)  # read from the lake by Spark
 
 
 def lake_before_increment(cfg: EtlConfig) -> FeatureSpec:
@@ -131,7 +133,7 @@ def run_increment(
         behaviors = spark.createDataFrame([], BEHAVIORS)
     behaviors = behaviors.where(F.col("ts") >= new_start)
     impressions = keyed_impressions(data.impressions, tz).where(F.col("ts") >= new_start)
-    new_days, new_imp_days = _new_days(behaviors, impressions, tz)
+    new_days, new_imp_days, n_new_imps = _new_days(behaviors, impressions, tz)
     summary.days = new_days
     if not new_days:
         summary.stats["new_days"] = 0.0
@@ -139,7 +141,10 @@ def run_increment(
         return None
     old_days = sorted(d for days in previous.splits.values() for d in days)
     splits = assign_splits(old_days + new_imp_days, cfg.test_days, cfg.valid_days, cfg.test_start)
-    lake = {n: read_recorded(spark, cfg.output, n, previous) for n in (*REPLACED, VOCAB, AD_TABLE)}
+    # The recorded versions' files, read without a Delta scan (etl/lake.py read_files).
+    states = {n: recorded_state(cfg.output, n, previous) for n in (*CONTEXT, VOCAB)}
+    lake = {n: read_files(spark, cfg.output, n, states[n]) for n in CONTEXT}
+    old_vocab = read_pandas(cfg.output, VOCAB, states[VOCAB])
 
     # Sessions the new behaviors may continue, sessionized again with them.
     reaching = lake[SESSIONS].where(F.col("end_ts") >= new_start - gap)
@@ -166,7 +171,9 @@ def run_increment(
         impressions.select(*RAW_IMPRESSION_COLUMNS)
     )
     enriched = enrich(imps, splits, ads, data.users)
-    vocab, grew = _extended_vocab(lake, enriched, previous, splits, new_start, new_events, tz)
+    vocab, grew = _extended_vocab(
+        lake, old_vocab, enriched, previous, splits, new_start, new_events, tz
+    )
     fields = _fields(vocab, previous, combined)  # the last refusal: nothing written before it
 
     for name in REPLACED:  # the commits of a run that died before its spec
@@ -180,10 +187,12 @@ def run_increment(
     summary.stats["sessions_written"] = float(summary.rows[SESSIONS])
     summary.stats["capped_users"] = float(len(heavy))
     write(ads, AD_TABLE, None)
-    write(spark.createDataFrame(vocab, lake[VOCAB].schema), VOCAB, None)
+    write(spark.createDataFrame(vocab, VOCAB_SCHEMA), VOCAB, None)
 
     events = _pass_events(lake, imps, new_events, d0, cfg)
-    n_rows = summary.rows[EVENTS_TABLE] + enriched.count()
+    kept_imps = states[IMPRESSIONS_TABLE].rows("day", d0)  # the log's stats: no count job
+    n_imps = enriched.count() if kept_imps is None else kept_imps + n_new_imps
+    n_rows = summary.rows[EVENTS_TABLE] + n_imps  # enrich keeps one row per impression
     passed, encoding = encoded_pass(
         spark,
         cap_user_events(events, heavy, cfg.max_user_behaviors),
@@ -237,17 +246,22 @@ def _from(day: str) -> str:
     return f"day >= '{day}'"
 
 
-def _new_days(behaviors: DataFrame, impressions: DataFrame, tz: int) -> tuple[list[str], list[str]]:
-    """(every new day, the new days with impressions), ISO, from one Spark job."""
+def _new_days(
+    behaviors: DataFrame, impressions: DataFrame, tz: int
+) -> tuple[list[str], list[str], int]:
+    """(every new day, the new days with impressions, ISO; the new impressions' count), from
+    one Spark job."""
     days = (
         behaviors.select(F.to_date(F.from_unixtime(F.col("ts") + tz * 3600)).alias("day"))
         .withColumn("imp", F.lit(False))
         .unionByName(impressions.select("day").withColumn("imp", F.lit(True)))
-        .distinct()
+        .groupBy("day", "imp")
+        .count()
         .collect()
     )
     every = sorted({r["day"].isoformat() for r in days})
-    return every, sorted({r["day"].isoformat() for r in days if r["imp"]})
+    imps = [r for r in days if r["imp"]]
+    return every, sorted({r["day"].isoformat() for r in imps}), sum(r["count"] for r in imps)
 
 
 def _first_affected(
@@ -270,6 +284,7 @@ def _first_affected(
 
 def _extended_vocab(
     lake: dict[str, DataFrame],
+    old: pd.DataFrame,
     enriched: DataFrame,
     previous: FeatureSpec,
     splits: Splits,
@@ -291,7 +306,6 @@ def _extended_vocab(
     )
     gained_imps = enriched.where(F.date_format("day", "yyyy-MM-dd").isin(gained))
     counted = build_vocabularies(gained_imps, events, 1).select("vocab", "raw", "count")
-    old = lake[VOCAB].toPandas()
     vocab = extend_vocab(old, counted.toPandas())
     return vocab, len(vocab) > len(old)
 

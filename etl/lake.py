@@ -13,14 +13,19 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from urllib.parse import unquote
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from delta.tables import DeltaTable
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
 
 from etl import storage
 from etl.config import EtlConfig
-from etl.delta_log import delta_log, latest_version, recorded_version
+from etl.delta_log import Replayed, delta_log, latest_version, recorded_version, replay
 from etl.spec import FeatureSpec
 from etl.tables import SAMPLES
 
@@ -132,6 +137,50 @@ def read_recorded(
     complete ETL run's, whatever a later unfinished run committed."""
     spec = spec if spec is not None else FeatureSpec.load(lake)
     return read_table(spark, lake, name, recorded_version(spec, name))
+
+
+def recorded_state(lake: str | Path, name: str, spec: FeatureSpec) -> Replayed:
+    """Table ``name``'s state (files, schema) at the version ``spec`` records, from its log."""
+    return replay(storage.join(lake, name), recorded_version(spec, name))
+
+
+def read_files(spark: SparkSession, lake: str | Path, name: str, state: Replayed) -> DataFrame:
+    """Table ``name`` at the version ``state`` replays (etl/delta_log.py ``replay``) read as
+    the Parquet files its log lists: the rows ``read_table`` gives at that version, without
+    Delta's scan planning, which costs a Spark job per scan of a table in each query (listing
+    the snapshot's files; one more the first time, computing its state). A table with reader
+    features (deletion vectors, column mapping: none that the ETL writes) is read through
+    Delta."""
+    if not _plain_parquet(state):
+        return read_table(spark, lake, name, state.version)
+    schema = StructType.fromJson(json.loads(state.metadata["schemaString"]))
+    if not state.adds:
+        return spark.createDataFrame([], schema)
+    table = storage.join(lake, name)
+    files = [storage.spark_uri(storage.join(table, unquote(p))) for p in sorted(state.adds)]
+    reader = spark.read.schema(schema).option("basePath", storage.spark_uri(table))
+    return reader.parquet(*files).select(*schema.fieldNames())  # the table's column order
+
+
+def read_pandas(lake: str | Path, name: str, state: Replayed) -> pd.DataFrame:
+    """An unpartitioned table at the version ``state`` replays, collected by pyarrow from its
+    files (no Spark job): for small tables such as vocab."""
+    if not _plain_parquet(state) or state.metadata.get("partitionColumns"):
+        raise ValueError(f"{name}: read_pandas reads unpartitioned plain Parquet tables only")
+    table = storage.join(lake, name)
+    parts = []
+    for path in sorted(state.adds):
+        fs, inner = storage.filesystem(storage.join(table, unquote(path)))
+        parts.append(pq.read_table(inner, filesystem=fs))
+    schema = StructType.fromJson(json.loads(state.metadata["schemaString"]))
+    if not parts:
+        return pd.DataFrame({f.name: pd.Series(dtype=object) for f in schema.fields})
+    return pa.concat_tables(parts).to_pandas()[schema.fieldNames()]
+
+
+def _plain_parquet(state: Replayed) -> bool:
+    """Whether a reader needs nothing but the Parquet files (protocol reader version 1)."""
+    return int(state.protocol.get("minReaderVersion", 1)) == 1
 
 
 def is_table(spark: SparkSession, lake: str | Path, name: str) -> bool:
