@@ -45,7 +45,7 @@ class SimulateConfig:
     )
     max_len: int = field(default=20, metadata={"help": "history length L (ETL)"})
     eval_users: int = field(
-        default=200,
+        default=1000,  # 200 gave 668 impressions, 37 clicks and no purchase (seed 0)
         metadata={
             "help": "held-out users (in no arm's logs) whose uniform-logged day measures "
             "every arm's model"
