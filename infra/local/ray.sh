@@ -259,12 +259,13 @@ start() {
 # terminate_members NAME GLOB [not]: SIGTERM the processes of node NAME whose command line
 # matches GLOB (with "not": those that do not) and wait up to STOP_TIMEOUT for them to exit.
 terminate_members() {
-  local pid cmd picked=() deadline
+  local pid cmd hit want=1 picked=() deadline
+  [[ "${3:-}" == not ]] && want=0
   for pid in $(service_pids "$1"); do
     cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || continue
     # shellcheck disable=SC2053  # GLOB is a pattern on purpose
-    if [[ "$cmd" == $2 ]]; then [[ "${3:-}" != not ]] && picked+=("$pid"); else
-      [[ "${3:-}" == not ]] && picked+=("$pid"); fi
+    if [[ "$cmd" == $2 ]]; then hit=1; else hit=0; fi
+    ((hit == want)) && picked+=("$pid")
   done
   ((${#picked[@]})) || return 0
   kill -TERM "${picked[@]}" 2>/dev/null || true
