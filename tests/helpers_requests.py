@@ -110,6 +110,8 @@ BAD_REQUESTS: list[tuple[str, Callable[[Request], Request], dict, list[str]]] = 
     ("empty-slate", _set("candidates", []), {}, ["empty slate"]),
     ("too-many-candidates", _set("candidates", list(range(10_001))), {}, ["10001", "limit"]),
     ("non-numeric-candidate", _set("candidates", [11, "x"]), {}, ["candidates"]),
+    ("fractional-candidate", _set("candidates", [11, 12.5]), {}, ["candidates[1]"]),
+    ("candidates-not-a-list", _set("candidates", "11,12"), {}, ["candidates", "list"]),
     ("non-numeric-user", _set("user_id", "abc"), {}, ["user_id"]),
     ("missing-user", _drop("user_id"), {}, ["user_id"]),
     ("missing-time", _drop("time"), {}, ["time"]),
