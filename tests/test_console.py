@@ -139,3 +139,34 @@ def test_epochs_text() -> None:
     rows = [{"valid_ctr_auc": 0.61, "valid_cvr_auc": 0.5}, {"valid_ctr_auc": 0.7}]
     assert epochs_text(rows) == "valid ctr_auc 0.610/0.700 cvr_auc 0.500/nan"
     assert epochs_text([{"train_loss": 0.25}]) == "train_loss 0.2500"
+
+
+LINES_SCRIPT = """
+import logging, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from train import console
+
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+with console.quiet(Path(sys.argv[1]), "simulate", ("train.sim.loop",)):
+    logging.getLogger("train.sim.loop").info("seed 0 round 1 greedy: purchases 3")
+    logging.getLogger("train.sim.arms").info("NOISE another train logger's info")
+    logging.getLogger("quickstart.detail").info("NOISE detail")
+    print("NOISE from print")
+print("TABLE line")
+"""
+
+
+def test_line_loggers_show_their_info_records(tmp_path: Path) -> None:
+    """The simulation's terminal: the loop logger's INFO records as lines, nothing else."""
+    command = [sys.executable, "-c", LINES_SCRIPT, str(tmp_path / "logs"), str(ROOT)]
+    done = subprocess.run(command, timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    log = Path(lines[0].removeprefix("full log: "))
+    assert log.parent == tmp_path / "logs" and log.name.startswith("simulate-"), lines
+    assert [re.sub(r"\[\s*\d+s\] ", "[t] ", line) for line in lines[1:]] == [
+        "[t] seed 0 round 1 greedy: purchases 3"
+    ], done.stderr
+    assert done.stdout == "TABLE line\n"
+    assert "NOISE another train logger's info" in log.read_text()

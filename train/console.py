@@ -1,4 +1,5 @@
-"""A quiet terminal for the quickstart: one line or bar per stage, every log in one file.
+"""A quiet terminal for the quickstart and the simulation: one line or bar per stage, every log
+in one file.
 
 ``quiet(log_dir)`` sends everything the process and its children write (logging, Ray's
 forwarded worker output, spark-submit) to ``<log_dir>/quickstart-<time>.log`` by pointing file
@@ -6,6 +7,8 @@ descriptors 1 and 2 at it, and shows on the terminal's stderr only:
 
 - one line per stage: each INFO record of the ``quickstart`` logger (world, ETL, promotion...)
   opens a stage, closed with its duration when the next one opens;
+- each INFO record of the ``line_loggers`` as one line (the simulation's result per arm and
+  round: ``quiet(log_dir, name="simulate", line_loggers=("train.sim.loop",))``);
 - one bar per training (train/progress.py's feed): epochs done and the epoch's valid AUCs;
 - warnings of the project's own loggers (``train``, ``etl``, ``quickstart``).
 
@@ -85,7 +88,7 @@ class Display:
                 self.stream.write(text[:PLAIN_WIDTH] + "\n")
                 self.stream.flush()
 
-    def _clock(self) -> str:
+    def clock(self) -> str:
         return f"[{time.monotonic() - self.started:5.0f}s]"
 
     # --- stages ------------------------------------------------------------------------------
@@ -95,12 +98,12 @@ class Display:
             self.end_stage()
             self.stage_text = text
             if not self.tty:
-                self.line(f"{self._clock()} {text}")
+                self.line(f"{self.clock()} {text}")
                 return
             from tqdm import tqdm
 
             self.stage_bar = tqdm(
-                total=None, desc=f"{self._clock()} {text}", bar_format="{desc} [{elapsed}]",
+                total=None, desc=f"{self.clock()} {text}", bar_format="{desc} [{elapsed}]",
                 file=self.stream, leave=True, dynamic_ncols=True,
             )  # fmt: skip
             self._start_ticker()
@@ -134,7 +137,7 @@ class Display:
         with self.lock:
             self.end_stage(keep=False)  # the bar stands for the "training ..." stage
             self.epochs, self.train_started_at = [], time.monotonic()
-            desc = f"{self._clock()} {cfg.model} seed {cfg.seed}"
+            desc = f"{self.clock()} {cfg.model} seed {cfg.seed}"
             if not self.tty:  # the stage line announced it; one line when it ends
                 return
             from tqdm import tqdm
@@ -183,11 +186,13 @@ class Display:
 
 
 class DisplayHandler(logging.Handler):
-    """Stage records (logger ``quickstart``, INFO) open stages; the project's warnings show."""
+    """Stage records (logger ``quickstart``, INFO) open stages, those of ``line_loggers`` are
+    lines; the project's warnings show."""
 
-    def __init__(self, display: Display) -> None:
+    def __init__(self, display: Display, line_loggers: tuple[str, ...] = ()) -> None:
         super().__init__(logging.INFO)
         self.display = display
+        self.line_loggers = line_loggers
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -199,12 +204,14 @@ class DisplayHandler(logging.Handler):
             self.display.line(f"        {record.levelname.lower()}: {message}")
         elif record.name == STAGE_LOGGER:
             self.display.stage(message)
+        elif record.name in self.line_loggers:
+            self.display.line(f"{self.display.clock()} {message}")
 
 
-def log_file(log_dir: Path, now: dt.datetime | None = None) -> Path:
+def log_file(log_dir: Path, now: dt.datetime | None = None, name: str = "quickstart") -> Path:
     stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
     log_dir.mkdir(parents=True, exist_ok=True)
-    return log_dir / f"quickstart-{stamp}.log"
+    return log_dir / f"{name}-{stamp}.log"
 
 
 def tail(path: Path, lines: int = TAIL_LINES) -> str:
@@ -252,14 +259,16 @@ def _keep_logging_in(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def quiet(log_dir: Path) -> Iterator[Path]:
-    """Run the block with every output in a log file and progress on the terminal (see the
-    module docstring); yields the log file's path."""
-    path = log_file(log_dir)
+def quiet(
+    log_dir: Path, name: str = "quickstart", line_loggers: tuple[str, ...] = ()
+) -> Iterator[Path]:
+    """Run the block with every output in ``log_dir/<name>-<time>.log`` and progress on the
+    terminal (see the module docstring); yields the log file's path."""
+    path = log_file(log_dir, name=name)
     with _descriptors_to(path) as terminal:
         display = Display(terminal)
         display.line(f"full log: {path}")
-        handler = DisplayHandler(display)
+        handler = DisplayHandler(display, line_loggers)
         logging.getLogger().addHandler(handler)
         progress.install(display)
         try:

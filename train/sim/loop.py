@@ -40,7 +40,8 @@ from train.sim.offpolicy import OffPolicyRecorder, with_errors
 from train.sim.ranker import ModelScorer, ModelSlatePolicy, PastEvents, read_profiles
 from train.sim.report import Rounds
 
-log = logging.getLogger(__name__)
+LOOP_LOGGER = __name__  # its INFO records: one per arm and round (the terminal's lines)
+log = logging.getLogger(LOOP_LOGGER)
 Stages = dict[str, float]  # stage -> seconds
 
 
