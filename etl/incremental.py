@@ -39,7 +39,10 @@ loading the input). What a run does, given a lake whose feature spec records ``l
   ali_ccp source; before any write: a field set that would change (run a full ETL).
 - crashes: every table is read at the version the spec records and the spec is written last,
   so readers see the previous lake; a table that a dead run committed past its recorded
-  version is restored to it (one more commit) before this run writes it.
+  version is restored to it (one more commit) before this run writes it. The tables the pass
+  does not read (bronze, quarantine, events, sessions, ads, vocab) are written on pool threads
+  while the pass runs (``concurrent_writes``): each is still one commit, and a run that fails
+  part-way leaves the same kind of state as a sequential one (commits past the spec, ignored).
 - not identical to a full run: users above ``--max-user-behaviors`` (their pass keeps the most
   recent behaviors of the context, not of all days), and days before D0 keep the ad and user
   attributes of the run that wrote them.
@@ -64,6 +67,7 @@ from etl.run_steps import (
     RAW_IMPRESSION_COLUMNS,
     EtlSummary,
     ads_table,
+    concurrent_writes,
     encoded_pass,
     enrich,
     keyed_impressions,
@@ -179,34 +183,38 @@ def run_increment(
     for name in REPLACED:  # the commits of a run that died before its spec
         if restore_to(spark, cfg.output, name, previous.tables[name]):
             log.warning("restored %s to its recorded version %d", name, previous.tables[name])
-    for name, df in data.bronze.items():
-        write(df, name, None)
-    write(data.quarantine, QUARANTINE, None)
-    write(new_events, EVENTS_TABLE, ["day"], f"day > '{previous.last_day}'")
-    write(all_sessions.where(F.col("day") >= F.lit(s0).cast("date")), SESSIONS, ["day"], _from(s0))
+    # The tables the pass does not read are written on pool threads while this thread runs
+    # the pass and writes impressions and samples (the run's wall time: mostly per-write latency).
+    with concurrent_writes() as submit:
+        written = submit(write, new_events, EVENTS_TABLE, ["day"], f"day > '{previous.last_day}'")
+        session_rows = all_sessions.where(F.col("day") >= F.lit(s0).cast("date"))
+        submit(write, session_rows, SESSIONS, ["day"], _from(s0))
+        submit(write, ads, AD_TABLE, None)
+        submit(write, spark.createDataFrame(vocab, VOCAB_SCHEMA), VOCAB, None)
+        for name, df in data.bronze.items():
+            submit(write, df, name, None)
+        submit(write, data.quarantine, QUARANTINE, None)
+        written.result()  # the pass's bucket count needs the events' row count
+        events = _pass_events(lake, imps, new_events, d0, cfg)
+        kept_imps = states[IMPRESSIONS_TABLE].rows("day", d0)  # the log's stats: no count job
+        n_imps = enriched.count() if kept_imps is None else kept_imps + n_new_imps
+        n_rows = summary.rows[EVENTS_TABLE] + n_imps  # enrich keeps one row per impression
+        passed, encoding = encoded_pass(
+            spark,
+            cap_user_events(events, heavy, cfg.max_user_behaviors),
+            enriched,
+            vocab,
+            cfg,
+            data.conversion_match,
+            n_rows,
+        )
+        summary.stats.update(label_stats(passed))
+        write(passed.select(*IMPRESSIONS.fieldNames()), IMPRESSIONS_TABLE, ["day"], _from(d0))
+        samples = sample_rows(passed, fields)
+        n = int(summary.stats["impressions"])
+        write_samples(spark, samples, cfg, write, n, replace_where=_from(d0))
     summary.stats["sessions_written"] = float(summary.rows[SESSIONS])
     summary.stats["capped_users"] = float(len(heavy))
-    write(ads, AD_TABLE, None)
-    write(spark.createDataFrame(vocab, VOCAB_SCHEMA), VOCAB, None)
-
-    events = _pass_events(lake, imps, new_events, d0, cfg)
-    kept_imps = states[IMPRESSIONS_TABLE].rows("day", d0)  # the log's stats: no count job
-    n_imps = enriched.count() if kept_imps is None else kept_imps + n_new_imps
-    n_rows = summary.rows[EVENTS_TABLE] + n_imps  # enrich keeps one row per impression
-    passed, encoding = encoded_pass(
-        spark,
-        cap_user_events(events, heavy, cfg.max_user_behaviors),
-        enriched,
-        vocab,
-        cfg,
-        data.conversion_match,
-        n_rows,
-    )
-    summary.stats.update(label_stats(passed))
-    write(passed.select(*IMPRESSIONS.fieldNames()), IMPRESSIONS_TABLE, ["day"], _from(d0))
-    samples = sample_rows(passed, fields)
-    n = int(summary.stats["impressions"])
-    write_samples(spark, samples, cfg, write, n, replace_where=_from(d0))
     for df in (enriched, passed, combined):
         df.unpersist()
     encoding.vocabularies.unpersist()
