@@ -68,8 +68,17 @@ def test_scores_candidates(server, champion):  # noqa: F811
         (lambda f: f.assign(price=["cheap"] * len(f)), ["price"]),
         (lambda f: f.assign(hist_cate=[[2] * 9] * len(f)), ["hist_cate", "longer than max_len=5"]),
         (lambda f: f.assign(ad=[999] * len(f)), ["ad", "ids must be in [0, 40)"]),
+        (lambda f: f.assign(hist_cate=[["a", "b"]] * len(f)), ["hist_cate", "flat list of int"]),
+        (lambda f: f.assign(hist_cate=[[[2]]] * len(f)), ["hist_cate", "flat list of int"]),
     ],
-    ids=["missing-field", "wrong-type", "over-long-sequence", "unknown-id"],
+    ids=[
+        "missing-field",
+        "wrong-type",
+        "over-long-sequence",
+        "unknown-id",
+        "text-in-sequence",
+        "nested-sequence",
+    ],
 )
 def test_bad_requests_get_4xx_with_reason(server, champion, change, words):  # noqa: F811
     status, body = post(server, split_payload(change(session_candidates(champion))))

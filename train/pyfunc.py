@@ -36,7 +36,6 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types.schema import (
     AnyType,
-    Array,
     ColSpec,
     DataType,
     ParamSchema,
@@ -228,14 +227,17 @@ class IsrecModel(mlflow.pyfunc.PythonModel):
 
 # --- signature, input example, logging -----------------------------------------------------
 def signature(spec: FeatureSpec, raw_requests: bool = False) -> ModelSignature:
-    """Explicit column signature: sparse -> long, dense -> double, sequence -> array<long>.
+    """Explicit column signature: sparse -> long, dense -> double, sequence -> Any.
 
+    Sequence columns are typed Any because MLflow enforces an array of longs element by element
+    in Python (two thirds of ``predict`` on encoded rows, bench_serving.py); ``to_batch`` checks
+    them (flat lists of integer ids within the vocabulary, at most ``max_len``) with numpy.
     With ``raw_requests`` (the model ships a feature bundle) every encoded column is optional and
     the raw request columns are added, so one model takes either form."""
     cols = []
     for f in spec.fields:
-        dtype = {"sparse": DataType.long, "dense": DataType.double}.get(f.kind)
-        cols.append(ColSpec(dtype if dtype else Array(DataType.long), f.name, not raw_requests))
+        dtype = {"sparse": DataType.long, "dense": DataType.double}.get(f.kind, AnyType())
+        cols.append(ColSpec(dtype, f.name, not raw_requests))
     if spec.sequence:
         cols.append(ColSpec(DataType.long, spec.length_field, required=False))
     if raw_requests:
