@@ -88,7 +88,11 @@ class Display:
                 self.stream.write(text[:PLAIN_WIDTH] + "\n")
                 self.stream.flush()
 
-    def clock(self) -> str:
+    def timed_line(self, text: str) -> None:
+        """``text`` as one line stamped with the run's clock."""
+        self.line(f"{self._clock()} {text}")
+
+    def _clock(self) -> str:
         return f"[{time.monotonic() - self.started:5.0f}s]"
 
     # --- stages ------------------------------------------------------------------------------
@@ -98,12 +102,12 @@ class Display:
             self.end_stage()
             self.stage_text = text
             if not self.tty:
-                self.line(f"{self.clock()} {text}")
+                self.timed_line(text)
                 return
             from tqdm import tqdm
 
             self.stage_bar = tqdm(
-                total=None, desc=f"{self.clock()} {text}", bar_format="{desc} [{elapsed}]",
+                total=None, desc=f"{self._clock()} {text}", bar_format="{desc} [{elapsed}]",
                 file=self.stream, leave=True, dynamic_ncols=True,
             )  # fmt: skip
             self._start_ticker()
@@ -137,7 +141,7 @@ class Display:
         with self.lock:
             self.end_stage(keep=False)  # the bar stands for the "training ..." stage
             self.epochs, self.train_started_at = [], time.monotonic()
-            desc = f"{self.clock()} {cfg.model} seed {cfg.seed}"
+            desc = f"{self._clock()} {cfg.model} seed {cfg.seed}"
             if not self.tty:  # the stage line announced it; one line when it ends
                 return
             from tqdm import tqdm
@@ -205,7 +209,7 @@ class DisplayHandler(logging.Handler):
         elif record.name == STAGE_LOGGER:
             self.display.stage(message)
         elif record.name in self.line_loggers:
-            self.display.line(f"{self.display.clock()} {message}")
+            self.display.timed_line(message)
 
 
 def log_file(log_dir: Path, now: dt.datetime | None = None, name: str = "quickstart") -> Path:
