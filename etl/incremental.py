@@ -212,7 +212,7 @@ def run_increment(
         write(passed.select(*IMPRESSIONS.fieldNames()), IMPRESSIONS_TABLE, ["day"], _from(d0))
         samples = sample_rows(passed, fields)
         n = int(summary.stats["impressions"])
-        write_samples(spark, samples, cfg, write, n, replace_where=_from(d0))
+        write_samples(samples, cfg, write, n, replace_where=_from(d0))
     summary.stats["sessions_written"] = float(summary.rows[SESSIONS])
     summary.stats["capped_users"] = float(len(heavy))
     for df in (enriched, passed, combined):

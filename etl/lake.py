@@ -41,8 +41,11 @@ def write_table(
     name: str,
     partition_by: list[str] | None = None,
     replace_where: str | None = None,
+    options: dict[str, str] | None = None,
 ) -> int:
     """Overwrite table ``name`` in ``lake`` atomically; return the Delta version written.
+    ``options``: Delta writer options of this write only (e.g. ``maxRecordsPerFile``), so
+    concurrent writes and the caller's later ones keep the session's settings.
 
     A table without a commit yet is created by an append (the same one commit): an overwrite
     would first scan the empty table for files to remove, one more Spark job per table."""
@@ -55,7 +58,7 @@ def write_table(
         writer = writer.option("replaceWhere", replace_where).option("overwriteSchema", "false")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
-    writer.save(path)
+    writer.options(**(options or {})).save(path)
     return table_version(df.sparkSession, path)
 
 
@@ -188,7 +191,6 @@ def is_table(spark: SparkSession, lake: str | Path, name: str) -> bool:
 
 
 def write_samples(
-    spark: SparkSession,
     samples: DataFrame,
     cfg: EtlConfig,
     write,
@@ -204,10 +206,12 @@ def write_samples(
         cached = samples = samples.persist(StorageLevel.MEMORY_AND_DISK)
         n_rows = samples.count()
     n_files = max(cfg.min_files_per_split, math.ceil(n_rows / cfg.rows_per_file))
-    spark.conf.set("spark.sql.files.maxRecordsPerFile", str(cfg.rows_per_file))
-    where = {"replace_where": replace_where} if replace_where else {}
     written = write(
-        samples.repartition(n_files, "impression_id"), SAMPLES, ["split", "day"], **where
+        samples.repartition(n_files, "impression_id"),
+        SAMPLES,
+        ["split", "day"],
+        replace_where,
+        {"maxRecordsPerFile": str(cfg.rows_per_file)},  # this write's option, not the session's
     )
     if cached is not None:
         cached.unpersist()

@@ -125,7 +125,7 @@ def _write_tables(
         write(df, name, None)
     write(data.quarantine, QUARANTINE, None)
     if data.wide_samples is not None:
-        return build_wide_samples(spark, data.wide_samples, cfg, write)
+        return build_wide_samples(data.wide_samples, cfg, write)
     return _build_session_tables(spark, data, cfg, write, summary, counts)
 
 
@@ -146,10 +146,14 @@ def _check_reconciliation(data: SourceData, cfg: EtlConfig, write, summary: EtlS
 
 def _writer(spark: SparkSession, cfg: EtlConfig, summary: EtlSummary):
     def write(
-        df: DataFrame, name: str, partition_by: list[str] | None, replace_where: str | None = None
+        df: DataFrame,
+        name: str,
+        partition_by: list[str] | None,
+        replace_where: str | None = None,
+        options: dict[str, str] | None = None,
     ) -> DataFrame:
         log.info("writing %s%s", name, f" where {replace_where}" if replace_where else "")
-        write_table(df, cfg.output, name, partition_by, replace_where)
+        write_table(df, cfg.output, name, partition_by, replace_where, options)
         version, rows = last_commit(spark, table_path(cfg.output, name))
         summary.versions[name], summary.rows[name] = version, rows
         return read_table(spark, cfg.output, name)
@@ -195,7 +199,7 @@ def _build_session_tables(
     fields = feature_fields(vocab_sizes(vocab), events_have(events, table_path(cfg.output, EVENTS)))
     fields += cross_fields(fields)
     samples = sample_rows(passed, fields)
-    write_samples(spark, samples, cfg, write, int(summary.stats["impressions"]))
+    write_samples(samples, cfg, write, int(summary.stats["impressions"]))
     for df in (enriched, passed, events):
         df.unpersist()
     encoding.vocabularies.unpersist()

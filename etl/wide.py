@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -28,7 +28,7 @@ from etl.wide_sequences import (
 log = logging.getLogger(__name__)
 
 
-def build_wide_samples(spark: SparkSession, wide: DataFrame, cfg: EtlConfig, write) -> FeatureSpec:
+def build_wide_samples(wide: DataFrame, cfg: EtlConfig, write) -> FeatureSpec:
     types = dict(wide.dtypes)
     scalar = [c for c in wide.columns if c.startswith("f_") and not types[c].startswith("array")]
     skipped = [c for c in wide.columns if c.startswith("f_") and types[c].startswith("array")]
@@ -65,7 +65,7 @@ def build_wide_samples(spark: SparkSession, wide: DataFrame, cfg: EtlConfig, wri
         F.col("conversion").cast("float"),
         F.lit(0.0).cast("float").alias("n_future_views"),
     )
-    write_samples(spark, samples, cfg, write)
+    write_samples(samples, cfg, write)
     splits = sorted(r["split"] for r in wide.select("split").distinct().collect())
     return FeatureSpec(
         source=cfg.source,

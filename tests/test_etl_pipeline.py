@@ -154,6 +154,28 @@ def test_taobao_joined_real_slice(spark, real_data, tmp_path):
     assert samples.where(F.col("brand") == 0).count() == 27  # null brands -> padding id
 
 
+def test_samples_file_size_is_the_writes_option_not_the_sessions(spark, real_data, tmp_path):
+    # --rows-per-file caps the samples files through the write's own Delta option: the session
+    # a run is given (the closed loop's, a notebook's) keeps its maxRecordsPerFile.
+    src = real_data / "taobao_display_ad" / "fuxictr_taobao_ad_tiny_joined.csv"
+    key = "spark.sql.files.maxRecordsPerFile"
+    before = spark.conf.get(key)
+    cfg = EtlConfig(
+        source="taobao_ad",
+        input=str(src),
+        output=str(tmp_path),
+        test_days=0,
+        valid_days=0,
+        rows_per_file=30,
+        min_files_per_split=1,
+    )
+    run_etl(spark, cfg)
+    assert spark.conf.get(key) == before
+    samples = read_table(spark, tmp_path, "samples")
+    per_file = [r["count"] for r in samples.groupBy(F.input_file_name()).count().collect()]
+    assert sum(per_file) == 100 and max(per_file) <= 30 and len(per_file) >= 4
+
+
 def test_ali_ccp_real_preprocessed_slices(spark, real_data, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
