@@ -119,6 +119,42 @@ CHECKS: list[tuple[str, str, list[Key]]] = [
         ["runs.0.history.9.valid_logloss"],
     ),
     (
+        r"# users, # behaviors, # impressions; 2026-12-02 21:00-21:07 UTC, load # at the "
+        r"start, # at the end, the benchmark alone\): `run_etl` # s in # Spark jobs, peak # MiB",
+        "bench_etl_10m.json",
+        [
+            "world.users",
+            "world.behaviors",
+            "world.impressions",
+            "loadavg_start.0",
+            "loadavg_end.0",
+            lambda j: _spark_stage(j, "run_etl total")["seconds"],
+            lambda j: _spark_stage(j, "run_etl total")["spark_jobs"],
+            lambda j: _spark(j)["memory"]["peak_total_mib"],
+        ],
+    ),
+    (
+        r"parse \+ counts #, bronze \+ quarantine writes\s+#, sessionize \+ events #, "
+        r"impressions pass #, samples write #, end to end\s+#",
+        "bench_etl_10m.json",
+        [
+            lambda j, s=stage: _spark_stage(j, s)["rows_per_s_per_core"]
+            for stage in (
+                "parse + counts",
+                "bronze + quarantine writes",
+                "sessionize + write events",
+                "impressions pass + write",
+                "samples write",
+                "run_etl total",
+            )
+        ],
+    ),
+    (
+        r"Spark/DuckDB wall ratios #x on\s+sessionization and #x on histories \(the 3x target met",
+        "bench_etl_10m.json",
+        ["spark_over_duckdb.sessionization.wall_ratio", "spark_over_duckdb.history.wall_ratio"],
+    ),
+    (
         r"the ETL \(# s\) and\s+deepfm's training",
         "bench_quality.json",
         ["etl_seconds"],
@@ -162,6 +198,14 @@ CHECKS: list[tuple[str, str, list[Key]]] = [
     ),
 ]
 WORDS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "two": 2, "three": 3, "four": 4}
+
+
+def _spark(j: dict) -> dict:
+    return next(r for r in j["results"] if r["engine"] == "spark")
+
+
+def _spark_stage(j: dict, stage: str) -> dict:
+    return next(s for s in _spark(j)["stages"] if s["stage"] == stage)
 
 
 def lookup(data: Any, key: Key) -> float:
