@@ -74,15 +74,15 @@ def summarize(history: list[dict[str, float]]) -> dict[str, float]:
     """Plateau, epoch-2 and default-run figures of one long run's valid CTR AUCs."""
     auc = [row["valid_ctr_auc"] for row in history]
     peak = max(range(len(auc)), key=auc.__getitem__)
-    kept = default_stop(history)
+    kept, second = default_stop(history), auc[min(1, len(auc) - 1)]
     return {
         "plateau": auc[peak],
         "plateau_epoch": peak + 1,
-        "epoch2": auc[min(1, len(auc) - 1)],
+        "epoch2": second,
         "default_epoch": kept + 1,
         "default_auc": auc[kept],
         "default_gap": auc[peak] - auc[kept],
-        "epoch2_gap": auc[peak] - auc[min(1, len(auc) - 1)],
+        "epoch2_gap": auc[peak] - second,
     }
 
 
