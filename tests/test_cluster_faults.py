@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 from test_infra import ROOT, generate_world
+from test_spark_two_workers import submit_command, submit_env
 
 from etl.config import EtlConfig
 from etl.lake import read_table
 from etl.pipeline import run_etl
-from etl.spark import delta_jar_paths
 
 TABLES = ("events", "sessions", "ads", "impressions", "vocab", "samples")
 WORKERS = ({"port": "7178", "ui": "8181"}, {"port": "7179", "ui": "8182"})
@@ -81,21 +81,12 @@ def executor_pids() -> list[int]:
 
 
 def submit_etl(master: str, raw: Path, lake: Path, log: Path) -> subprocess.Popen:
-    submit = ROOT / ".venv" / "bin" / "spark-submit"
-    command = [str(submit) if submit.exists() else "spark-submit", "--master", master]
-    command += ["--driver-memory", "1g", "--jars", ",".join(map(str, delta_jar_paths()))]
-    conf = {
-        "spark.executor.memory": "1g",
-        "spark.executor.cores": "1",
-        "spark.cores.max": "2",
-        "spark.pyspark.python": sys.executable,
-        "spark.sql.shuffle.partitions": "4",
-    }
-    for key, value in conf.items():
-        command += ["--conf", f"{key}={value}"]
-    command += [str(ROOT / "jobs" / "etl.py"), "--input", str(raw), "--output", str(lake)]
-    env = {k: v for k, v in os.environ.items() if k != "SPARK_LOCAL_IP"}
-    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(
+        submit_command(master, raw, lake),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=submit_env(),
+    )
 
 
 def kill_one_executor_mid_run(job: subprocess.Popen, lake: Path) -> int:

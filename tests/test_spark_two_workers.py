@@ -37,7 +37,6 @@ SUBMIT_CONF = {
     "spark.executor.cores": "1",
     "spark.cores.max": "2",
     "spark.sql.shuffle.partitions": "4",
-    "spark.eventLog.enabled": "true",
 }
 
 
@@ -96,15 +95,28 @@ def standalone_cluster(state: Path, workers: int = 2) -> Iterator[Cluster]:
         run_script("spark.sh", "stop", env, timeout=300)
 
 
-def submit_command(master: str, raw: Path, lake: Path, events: Path, driver_memory: str) -> list:
+def submit_command(
+    master: str, raw: Path, lake: Path, events: Path | None = None, driver_memory: str = "1g"
+) -> list[str]:
+    """spark-submit of jobs/etl.py on ``master`` with SUBMIT_CONF (and an event log in
+    ``events`` when given)."""
     jars = delta_jar_paths() if all(p.is_file() for p in delta_jar_paths()) else fetch_jars()
     command = [str(Path(sys.executable).parent / "spark-submit"), "--master", master]
     command += ["--driver-memory", driver_memory, "--jars", ",".join(map(str, jars))]
     conf = {**SUBMIT_CONF, "spark.pyspark.python": sys.executable}
-    conf["spark.eventLog.dir"] = events.resolve().as_uri()
+    if events is not None:
+        conf |= {"spark.eventLog.enabled": "true", "spark.eventLog.dir": events.resolve().as_uri()}
     for key, value in conf.items():
         command += ["--conf", f"{key}={value}"]
     return command + [str(ROOT / "jobs" / "etl.py"), "--input", str(raw), "--output", str(lake)]
+
+
+def submit_env() -> dict[str, str]:
+    """The client's environment: the project's bin first (spark-submit finds pyspark through
+    python3), no SPARK_LOCAL_IP (the master URL says where to connect)."""
+    env = {k: v for k, v in os.environ.items() if k != "SPARK_LOCAL_IP"}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
 
 
 def submit_etl(
@@ -113,16 +125,13 @@ def submit_etl(
     """Run jobs/etl.py with spark-submit on ``master`` (its event log in ``events``); the wall
     seconds of the whole submission, JVM start included."""
     events.mkdir(parents=True, exist_ok=True)
-    bin_dir = str(Path(sys.executable).parent)  # spark-submit finds pyspark through python3
-    env = {k: v for k, v in os.environ.items() if k != "SPARK_LOCAL_IP"}
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     started = time.perf_counter()
     with log.open("w") as out:
         done = subprocess.run(
             submit_command(master, raw, lake, events, driver_memory),
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=submit_env(),
             timeout=1800,
         )
     assert done.returncode == 0, log.read_text()[-5000:]
