@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +153,9 @@ def test_bad_options_are_one_line_exit_2(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_two_rounds_two_arms_end_to_end(spark, tmp_path):
-    from train.sim.loop import held_out_mask, run_simulation, seed_world
+    from train.driver import run_training
+    from train.sim.arms import Arm
+    from train.sim.loop import arm_train_config, held_out_mask, run_simulation, seed_world
 
     uri = sqlite_uri(tmp_path)
     cfg = SimulateConfig(
@@ -224,6 +227,17 @@ def test_two_rounds_two_arms_end_to_end(spark, tmp_path):
     spec = FeatureSpec.load(lake)
     assert spec.vocab_version >= 1 and spec.tables["events"] >= 1
     assert replace_where_predicate(lake / "events", spec.tables["events"])
+    # round 2 trained greedy and uniform at once (concurrent_trainings=2), uniform's while
+    # greedy's ran: trained again alone from the same checkpoint it gives the same model
+    assert cfg.concurrent_trainings == 2
+    (child,) = [
+        c for c in children if c.data.params["arm"] == "uniform" and c.data.params["round"] == "2"
+    ]
+    init_from = child.data.params["init_from"]
+    assert "round1" in init_from
+    uniform = Arm("uniform", tmp_path / "sim" / "seed_0" / "uniform")
+    alone = run_training(replace(arm_train_config(cfg, uniform, 0, 2, init_from), name="alone"))
+    assert alone.history[-1]["valid_ctr_auc"] == u[2]["valid_ctr_auc"]
 
 
 def replace_where_predicate(table: Path, version: int) -> str:

@@ -10,6 +10,7 @@ descriptors 1 and 2 at it, and shows on the terminal's stderr only:
 - each INFO record of the ``line_loggers`` as one line (the simulation's result per arm and
   round: ``quiet(log_dir, name="simulate", line_loggers=("train.sim.loop",))``);
 - one bar per training (train/progress.py's feed): epochs done and the epoch's valid AUCs;
+  trainings that overlap (the simulation's arms) each keep their own bar or line;
 - warnings of the project's own loggers (``train``, ``etl``, ``quickstart``).
 
 On a terminal these are tqdm bars (a stage's bar shows its duration). Otherwise (a pipe, CI)
@@ -32,6 +33,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -61,6 +63,23 @@ def epochs_text(rows: list[dict[str, Any]]) -> str:
     return "valid " + " ".join(f"{m} {c}" for m, c in zip(names, cells, strict=True))
 
 
+@dataclass
+class OpenTraining:
+    """A training between its start and its end: its epoch rows and its bar (terminal)."""
+
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    started_at: float = field(default_factory=time.monotonic)
+    bar: Any = None
+
+    def text(self, cfg: TrainConfig, ok: bool) -> str:
+        """``3/3 epochs in 95s, valid ctr_auc 0.601/0.612/0.615 ...`` (plain mode's line)."""
+        took = time.monotonic() - self.started_at
+        done = f"{len(self.epochs)}/{cfg.epochs} epochs in {took:.0f}s"
+        if not ok:
+            return f"FAILED after {done}"
+        return f"{done}, {epochs_text(self.epochs)}" if self.epochs else done
+
+
 class Display:
     """Stage lines and training bars on ``stream`` (tqdm on a terminal, else plain lines)."""
 
@@ -70,9 +89,7 @@ class Display:
         self.lock = threading.RLock()
         self.stage_text: str | None = None
         self.stage_bar: Any = None
-        self.train_bar: Any = None
-        self.epochs: list[dict[str, Any]] = []  # the open training's epoch rows (plain mode)
-        self.train_started_at = 0.0
+        self.trainings: dict[str, OpenTraining] = {}  # by TrainConfig.name: several may run
         self.started = time.monotonic()
         self._ticker: threading.Thread | None = None
         self._closed = threading.Event()
@@ -129,7 +146,8 @@ class Display:
         def tick() -> None:
             while not self._closed.wait(1.0):
                 with self.lock:
-                    for bar in (self.stage_bar, self.train_bar):
+                    bars = [self.stage_bar, *(t.bar for t in self.trainings.values())]
+                    for bar in bars:
                         if bar is not None:
                             bar.refresh()
 
@@ -140,52 +158,47 @@ class Display:
     def train_started(self, cfg: TrainConfig) -> None:
         with self.lock:
             self.end_stage(keep=False)  # the bar stands for the "training ..." stage
-            self.epochs, self.train_started_at = [], time.monotonic()
+            training = self.trainings[cfg.name] = OpenTraining()
             desc = f"{self._clock()} {cfg.model} seed {cfg.seed}"
             if not self.tty:  # the stage line announced it; one line when it ends
                 return
             from tqdm import tqdm
 
-            self.train_bar = tqdm(  # tqdm writes the postfix as ", <postfix>"
+            training.bar = tqdm(  # tqdm writes the postfix as ", <postfix>"
                 total=cfg.epochs, desc=desc, unit="epoch", file=self.stream, leave=True,
                 bar_format="{desc} {bar:20} {n}/{total} epochs [{elapsed}]{postfix}",
-                dynamic_ncols=True,
+                dynamic_ncols=True, position=len(self.trainings) - 1,
             )  # fmt: skip
             self._start_ticker()
 
     def epoch_done(self, cfg: TrainConfig, row: dict[str, Any]) -> None:
         with self.lock:
-            self.epochs.append(row)
-            if self.train_bar is None:
+            training = self.trainings.get(cfg.name)
+            if training is None:
                 return
-            self.train_bar.set_postfix_str(epoch_text(row), refresh=False)
-            self.train_bar.update(1)
+            training.epochs.append(row)
+            if training.bar is not None:
+                training.bar.set_postfix_str(epoch_text(row), refresh=False)
+                training.bar.update(1)
 
     def train_finished(self, cfg: TrainConfig, ok: bool) -> None:
         with self.lock:
-            if self.train_bar is not None:
+            training = self.trainings.pop(cfg.name, None) or OpenTraining()
+            if training.bar is not None:
                 if not ok:
-                    self.train_bar.set_postfix_str("FAILED", refresh=False)
-                self.train_bar.close()
-                self.train_bar = None
+                    training.bar.set_postfix_str("FAILED", refresh=False)
+                training.bar.close()
             else:
-                self.line(f"        {cfg.model} seed {cfg.seed}: {self._training_text(cfg, ok)}")
-            self.epochs = []
-
-    def _training_text(self, cfg: TrainConfig, ok: bool) -> str:
-        """``3/3 epochs in 95s, valid ctr_auc 0.601/0.612/0.615 ...`` (plain mode's line)."""
-        took = time.monotonic() - self.train_started_at
-        done = f"{len(self.epochs)}/{cfg.epochs} epochs in {took:.0f}s"
-        if not ok:
-            return f"FAILED after {done}"
-        return f"{done}, {epochs_text(self.epochs)}" if self.epochs else done
+                text = training.text(cfg, ok)
+                self.line(f"        {cfg.model} seed {cfg.seed}: {text}")
 
     def close(self) -> None:
         with self.lock:
             self.end_stage()
-            if self.train_bar is not None:
-                self.train_bar.close()
-                self.train_bar = None
+            for training in self.trainings.values():
+                if training.bar is not None:
+                    training.bar.close()
+            self.trainings.clear()
         self._closed.set()
 
 

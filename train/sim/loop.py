@@ -15,16 +15,22 @@ model's quality on the seed's fixed evaluation day go to a child run of the simu
 Round 1 is trained once: every arm's lake and model of round 1 are copies of the first arm's,
 as they all see the same round-0 logs and training seed. An arm ``POLICY@ARM`` trains nothing:
 it serves with ``ARM``'s model of the round, so its difference to the arm serving POLICY with
-models of its own data is the data effect alone.
+models of its own data is the data effect alone. Within a round the arms' ETLs run one after
+the other and each arm's training overlaps the next arm's ETL and other trainings
+(``retrain_arms``, ``concurrent_trainings``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +45,9 @@ from train.sim.measure import EvalSet, day_metrics
 from train.sim.offpolicy import OffPolicyRecorder, with_errors
 from train.sim.ranker import ModelScorer, ModelSlatePolicy, PastEvents, read_profiles
 from train.sim.report import Rounds
+
+if TYPE_CHECKING:
+    from train.train_config import TrainConfig
 
 LOOP_LOGGER = __name__  # its INFO records: one per arm and round (the terminal's lines)
 log = logging.getLogger(LOOP_LOGGER)
@@ -69,48 +78,60 @@ STAGES = ("world", "etl", "training", "registration", "policy", "evaluation")
 
 
 def run_seed(spark: Any, cfg: SimulateConfig, seed: int, rounds: Rounds, stages: Stages) -> None:
-    t0 = time.perf_counter()
-    world = seed_world(cfg, seed)
-    served = held_out_mask(world, cfg.eval_users)
-    held_out = ~served
-    root = Path(cfg.data_dir) / f"seed_{seed}"
-    arms = [Arm(spec, root / arm_name(spec)) for spec in cfg.arm_specs()]
-    arms.sort(key=lambda a: a.trains_on is not None)  # sources train before their borrowers
-    by_spec = {a.spec: a for a in arms}
-    eval_past = PastEvents()  # the held-out users' behaviors: no arm logs or trains on them
-    for day in range(-cfg.history_days, cfg.initial_days):
-        logs = world.simulate_day(day, users=served)
-        for arm in arms:
-            arm.add_day(world, logs)
-        eval_past.extend(world.simulate_day(day, users=held_out).logs.behaviors)
-    profiles = read_profiles(str(arms[0].raw / "user_profile.csv"))
-    round0 = day_metrics(logs, cfg.world_users, arms[0].ad_impressions)
-    stages["world"] += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    evaluation = EvalSet.build(world, cfg.initial_days, eval_past, profiles, held_out)
-    stages["evaluation"] += time.perf_counter() - t0
+    with timed(stages, "world"):
+        world = seed_world(cfg, seed)
+        served = held_out_mask(world, cfg.eval_users)
+        held_out = ~served
+        root = Path(cfg.data_dir) / f"seed_{seed}"
+        arms = [Arm(spec, root / arm_name(spec)) for spec in cfg.arm_specs()]
+        arms.sort(key=lambda a: a.trains_on is not None)  # sources train before borrowers
+        eval_past = PastEvents()  # the held-out users' behaviors: no arm logs or trains on them
+        for day in range(-cfg.history_days, cfg.initial_days):
+            logs = world.simulate_day(day, users=served)
+            for arm in arms:
+                arm.add_day(world, logs)
+            eval_past.extend(world.simulate_day(day, users=held_out).logs.behaviors)
+        profiles = read_profiles(str(arms[0].raw / "user_profile.csv"))
+        round0 = day_metrics(logs, cfg.world_users, arms[0].ad_impressions)
+    with timed(stages, "evaluation"):
+        evaluation = EvalSet.build(world, cfg.initial_days, eval_past, profiles, held_out)
     for arm in arms:
         rounds.add(arm.spec, seed, 0, round0)
     checkpoints: dict[str, str] = {}  # arm -> best checkpoint of its latest training
     for r in range(1, cfg.rounds + 1):
-        qualities: dict[str, dict[str, float]] = {}
-        first = None  # round 1: the arm whose training on the shared round-0 logs all reuse
-        for arm in arms:
-            if arm.trains_on is not None:
-                arm.borrow(by_spec[arm.trains_on])
-                qualities[arm.spec] = qualities[arm.trains_on]
-            elif r == 1 and first is not None:
-                t0 = time.perf_counter()
+        qualities = train_round(spark, cfg, arms, seed, r, evaluation, stages, checkpoints)
+        serve_round(cfg, world, served, arms, seed, r, profiles, qualities, rounds, stages)
+
+
+def train_round(
+    spark: Any,
+    cfg: SimulateConfig,
+    arms: list[Arm],
+    seed: int,
+    round_: int,
+    evaluation: EvalSet,
+    stages: Stages,
+    checkpoints: dict[str, str],
+) -> dict[str, dict[str, float]]:
+    """Every arm's model of the round and its quality (arm -> metrics). Round 1 trains the
+    first arm only (the others copy its lake and model); arms ``POLICY@ARM`` borrow."""
+    own = [a for a in arms if a.trains_on is None]
+    if round_ == 1:
+        first = own[0]
+        qualities = retrain_arms(spark, cfg, [first], seed, 1, evaluation, stages, checkpoints)
+        with timed(stages, "etl"):
+            for arm in own[1:]:
                 arm.copy_round_one(first)
                 checkpoints[arm.spec] = checkpoints[first.spec]
                 qualities[arm.spec] = qualities[first.spec]
-                stages["etl"] += time.perf_counter() - t0
-            else:
-                qualities[arm.spec] = retrain(
-                    spark, cfg, arm, seed, r, evaluation, stages, checkpoints
-                )
-                first = first or arm
-        serve_round(cfg, world, served, arms, seed, r, profiles, qualities, rounds, stages)
+    else:
+        qualities = retrain_arms(spark, cfg, own, seed, round_, evaluation, stages, checkpoints)
+    by_spec = {a.spec: a for a in arms}
+    for arm in arms:
+        if arm.trains_on is not None:
+            arm.borrow(by_spec[arm.trains_on])
+            qualities[arm.spec] = qualities[arm.trains_on]
+    return qualities
 
 
 def serve_round(
@@ -132,28 +153,28 @@ def serve_round(
     ope_arm = cfg.ope_arm_spec()
     ope: dict[str, dict[str, float]] = {}
     for arm in sorted(arms, key=lambda a: a.spec != ope_arm):
-        t0 = time.perf_counter()
-        policy = ModelSlatePolicy(arm.policy, arm_scorer(arm), arm.past, profiles)
-        recorder = None
-        if arm.spec == ope_arm:
-            targets = {
-                other.spec: ModelSlatePolicy(other.policy, arm_scorer(other), arm.past, profiles)
-                for other in arms
-                if other is not arm
-            }
-            policy = recorder = OffPolicyRecorder(policy, targets)
-        logs = world.simulate_day(day, policy, users=served)
-        arm.add_day(world, logs)
-        if recorder is not None:
-            ope = recorder.estimates(logs.logs.impressions)
-        stages["policy"] += time.perf_counter() - t0
+        with timed(stages, "policy"):
+            policy = ModelSlatePolicy(arm.policy, arm_scorer(arm), arm.past, profiles)
+            recorder = None
+            if arm.spec == ope_arm:
+                targets = {
+                    other.spec: ModelSlatePolicy(
+                        other.policy, arm_scorer(other), arm.past, profiles
+                    )
+                    for other in arms
+                    if other is not arm
+                }
+                policy = recorder = OffPolicyRecorder(policy, targets)
+            logs = world.simulate_day(day, policy, users=served)
+            arm.add_day(world, logs)
+            if recorder is not None:
+                ope = recorder.estimates(logs.logs.impressions)
         metrics = day_metrics(logs, cfg.world_users, arm.ad_impressions) | qualities[arm.spec]
         if arm.spec in ope:
             metrics |= with_errors(ope[arm.spec], metrics["purchases_per_impression"])
         rounds.add(arm.spec, seed, round_, metrics)
-        t0 = time.perf_counter()
-        log_child(cfg, arm, seed, round_, metrics)
-        stages["registration"] += time.perf_counter() - t0
+        with timed(stages, "registration"):
+            log_child(cfg, arm, seed, round_, metrics)
 
 
 def seed_world(cfg: SimulateConfig, seed: int) -> TaobaoWorld:
@@ -181,8 +202,51 @@ def arm_scorer(arm: Arm) -> ModelScorer | None:
     return ModelScorer(arm.model, arm.bundle) if arm.model is not None else None
 
 
-def retrain(
+def retrain_arms(
     spark: Any,
+    cfg: SimulateConfig,
+    arms: list[Arm],
+    seed: int,
+    round_: int,
+    evaluation: EvalSet,
+    stages: Stages,
+    checkpoints: dict[str, str] | None = None,
+) -> dict[str, dict[str, float]]:
+    """ETL + training of each arm's model for round ``round_``; arm -> its quality. The ETLs
+    run one after the other on this thread (one Spark session); each arm's training and
+    evaluation starts on one of ``cfg.concurrent_trainings`` threads as soon as its lake is
+    written, so the next arm's ETL and other trainings overlap it (each training is seeded
+    and its Ray Train run its own: the results do not depend on the overlap)."""
+    from train.driver import connect_ray
+
+    # A local Ray started here, not on a pool thread: its GCS and raylet get SIGKILL when the
+    # thread that spawned them exits (PR_SET_PDEATHSIG follows the thread).
+    connect_ray(arm_train_config(cfg, arms[0], seed, round_))
+    with ThreadPoolExecutor(cfg.concurrent_trainings, thread_name_prefix="sim-train") as pool:
+        futures = {}
+        for arm in arms:
+            update_lake(spark, cfg, arm, stages)
+            futures[arm.spec] = pool.submit(
+                train_arm, cfg, arm, seed, round_, evaluation, stages, checkpoints
+            )
+        return {spec: future.result() for spec, future in futures.items()}
+
+
+def update_lake(spark: Any, cfg: SimulateConfig, arm: Arm, stages: Stages) -> None:
+    """The ETL of the arm's logs into its lake: round 1 a full run, then the new day only."""
+    etl = EtlConfig(
+        input=str(arm.raw),
+        output=str(arm.lake),
+        max_len=cfg.max_len,
+        test_days=0,
+        valid_days=1,
+        incremental=(arm.lake / SPEC_FILE).exists(),
+    )
+    with timed(stages, "etl"):
+        run_etl(spark, etl)
+
+
+def train_arm(
     cfg: SimulateConfig,
     arm: Arm,
     seed: int,
@@ -191,27 +255,36 @@ def retrain(
     stages: Stages,
     checkpoints: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """ETL + training + registration of the arm's model for round ``round_``; its quality.
+    """Train the arm's model on its lake (Ray Train) and measure it; its quality.
     ``checkpoints`` (arm -> best checkpoint of its last training) is read for a warm start and
     updated."""
     from train.driver import run_training
     from train.models import build_model
     from train.pyfunc import load_checkpoint_state
+
+    with timed(stages, "training"):
+        init_from = (checkpoints or {}).get(arm.spec, "") if cfg.warm_start else ""
+        train_cfg = arm_train_config(cfg, arm, seed, round_, init_from)
+        result = run_training(train_cfg)
+        if checkpoints is not None:
+            checkpoints[arm.spec] = result.best_checkpoint_path
+        spec = FeatureSpec.load(arm.lake)
+        model = build_model(cfg.model, spec, train_cfg.model_params)
+        model.load_state_dict(load_checkpoint_state(result.best_checkpoint_path))
+        arm.model, arm.bundle = model.eval(), FeatureBundle.from_lake(arm.lake)
+    with timed(stages, "evaluation"):
+        quality = evaluation.quality(ModelScorer(arm.model, arm.bundle))
+    arm.trained = (train_cfg, spec)
+    return quality | {"valid_" + k: v for k, v in _last_valid(result.history).items()}
+
+
+def arm_train_config(
+    cfg: SimulateConfig, arm: Arm, seed: int, round_: int, init_from: str = ""
+) -> TrainConfig:
+    """The arm's training of the round: seeded by seed and round, warm from ``init_from``."""
     from train.train_config import TrainConfig
 
-    t0 = time.perf_counter()
-    etl = EtlConfig(
-        input=str(arm.raw),
-        output=str(arm.lake),
-        max_len=cfg.max_len,
-        test_days=0,
-        valid_days=1,
-        incremental=(arm.lake / SPEC_FILE).exists(),  # round 1 full, then the new day only
-    )
-    run_etl(spark, etl)
-    stages["etl"] += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    train_cfg = TrainConfig(
+    return TrainConfig(
         lake=str(arm.lake),
         model=cfg.model,
         num_workers=cfg.num_workers,
@@ -221,21 +294,22 @@ def retrain(
         register=False,
         storage_path=str(arm.root / "ray_results"),
         name=f"{arm.name}-seed{seed}-round{round_}",
-        init_from=(checkpoints or {}).get(arm.spec, "") if cfg.warm_start else "",
+        init_from=init_from,
     )
-    result = run_training(train_cfg)
-    if checkpoints is not None:
-        checkpoints[arm.spec] = result.best_checkpoint_path
-    spec = FeatureSpec.load(arm.lake)
-    model = build_model(cfg.model, spec, train_cfg.model_params)
-    model.load_state_dict(load_checkpoint_state(result.best_checkpoint_path))
-    arm.model, arm.bundle = model.eval(), FeatureBundle.from_lake(arm.lake)
-    stages["training"] += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    quality = evaluation.quality(ModelScorer(arm.model, arm.bundle))
-    stages["evaluation"] += time.perf_counter() - t0
-    arm.trained = (train_cfg, spec)
-    return quality | {"valid_" + k: v for k, v in _last_valid(result.history).items()}
+
+
+_STAGES_LOCK = threading.Lock()  # trainings add their seconds from pool threads
+
+
+@contextlib.contextmanager
+def timed(stages: Stages, stage: str) -> Iterator[None]:
+    """Add the block's wall seconds to ``stages[stage]`` (overlapping blocks each count)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        with _STAGES_LOCK:
+            stages[stage] += time.perf_counter() - started
 
 
 def _last_valid(history: list[dict[str, float]]) -> dict[str, float]:
@@ -257,7 +331,8 @@ def log_child(cfg: SimulateConfig, arm: Arm, seed: int, round_: int, metrics: di
     tags["isrec.warm_start"] = "true" if train_cfg.init_from else "false"
     with mlflow.start_run(run_name=f"{arm.name}/seed{seed}/round{round_}", nested=True) as run:
         mlflow.set_tags(tags)
-        mlflow.log_params({"arm": arm.spec, "round": round_, "seed": seed, "model": cfg.model})
+        params = {"arm": arm.spec, "round": round_, "seed": seed, "model": cfg.model}
+        mlflow.log_params(params | {"init_from": train_cfg.init_from or "none"})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
         info = log_pyfunc_model(
             cfg.model,
