@@ -33,6 +33,7 @@ QUALITY_MODELS = (  # the rows of the oracle-gap and ablation table
     "rnn_mtl-no_match_flags", "rnn_mtl-flags_after_gru", "rnn_mtl-no_exploration",
 )  # fmt: skip
 AUCS = ("ctr_auc", "cvr_auc", "ctcvr_auc")
+SIM_STAGES = ("etl", "training", "evaluation", "policy")  # bench_simulate's table columns
 
 
 def gap(model: str, metric: str) -> Callable[[dict], float]:
@@ -198,6 +199,14 @@ CHECKS: list[tuple[str, str, list[Key]]] = [
             "load_1min.end",
         ],
     ),
+]
+CHECKS += [
+    (
+        rf"\| {n} \| # \| # \| # \| # \| # \| yes \|",
+        "bench_simulate.json",
+        [f"runs.{n - 1}.wall_s", *(f"runs.{n - 1}.stages.{s}" for s in SIM_STAGES)],
+    )
+    for n in (1, 2)
 ]
 WORDS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "two": 2, "three": 3, "four": 4}
 

@@ -37,10 +37,11 @@ class SimulateConfig:
     epochs: int = field(default=2, metadata={"help": "epochs per round"})
     num_workers: int = field(default=1, metadata={"help": "Ray Train workers per training"})
     concurrent_trainings: int = field(
-        default=2,  # 2 cores: 52 s against 81 s for three trainings of one round
+        default=1,  # 2 cores: 2 gave 588 s against 579 s (bench_simulate.json): CPU-bound
         metadata={
-            "help": "arms' trainings run at once, each while the next arm's ETL runs "
-            "(1: one after the other); more than Ray's CPUs allow wait for them"
+            "help": "arms' trainings at once, each overlapping the next arm's ETL "
+            "(1: one after the other; more pays only with spare cores); more than Ray's "
+            "CPUs hold wait for them"
         },
     )
     warm_start: bool = field(

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,20 @@ if TYPE_CHECKING:
 LOOP_LOGGER = __name__  # its INFO records: one per arm and round (the terminal's lines)
 log = logging.getLogger(LOOP_LOGGER)
 Stages = dict[str, float]  # stage -> seconds
+
+
+@dataclass
+class RoundJob:
+    """What each step of one round of one seed reads: the options, the seed and round, the
+    seed's evaluation set, the stage clock and the arms' latest best checkpoints (arm spec ->
+    path; a warm start reads it, every training updates it)."""
+
+    cfg: SimulateConfig
+    seed: int
+    number: int
+    evaluation: EvalSet
+    stages: Stages
+    checkpoints: dict[str, str]
 
 
 def run_simulation(spark: Any, cfg: SimulateConfig) -> dict[str, Any]:
@@ -99,33 +113,25 @@ def run_seed(spark: Any, cfg: SimulateConfig, seed: int, rounds: Rounds, stages:
         rounds.add(arm.spec, seed, 0, round0)
     checkpoints: dict[str, str] = {}  # arm -> best checkpoint of its latest training
     for r in range(1, cfg.rounds + 1):
-        qualities = train_round(spark, cfg, arms, seed, r, evaluation, stages, checkpoints)
+        job = RoundJob(cfg, seed, r, evaluation, stages, checkpoints)
+        qualities = train_round(spark, job, arms)
         serve_round(cfg, world, served, arms, seed, r, profiles, qualities, rounds, stages)
 
 
-def train_round(
-    spark: Any,
-    cfg: SimulateConfig,
-    arms: list[Arm],
-    seed: int,
-    round_: int,
-    evaluation: EvalSet,
-    stages: Stages,
-    checkpoints: dict[str, str],
-) -> dict[str, dict[str, float]]:
+def train_round(spark: Any, job: RoundJob, arms: list[Arm]) -> dict[str, dict[str, float]]:
     """Every arm's model of the round and its quality (arm -> metrics). Round 1 trains the
     first arm only (the others copy its lake and model); arms ``POLICY@ARM`` borrow."""
     own = [a for a in arms if a.trains_on is None]
-    if round_ == 1:
+    if job.number == 1:
         first = own[0]
-        qualities = retrain_arms(spark, cfg, [first], seed, 1, evaluation, stages, checkpoints)
-        with timed(stages, "etl"):
+        qualities = retrain_arms(spark, job, [first])
+        with timed(job.stages, "etl"):
             for arm in own[1:]:
                 arm.copy_round_one(first)
-                checkpoints[arm.spec] = checkpoints[first.spec]
+                job.checkpoints[arm.spec] = job.checkpoints[first.spec]
                 qualities[arm.spec] = qualities[first.spec]
     else:
-        qualities = retrain_arms(spark, cfg, own, seed, round_, evaluation, stages, checkpoints)
+        qualities = retrain_arms(spark, job, own)
     by_spec = {a.spec: a for a in arms}
     for arm in arms:
         if arm.trains_on is not None:
@@ -202,33 +208,23 @@ def arm_scorer(arm: Arm) -> ModelScorer | None:
     return ModelScorer(arm.model, arm.bundle) if arm.model is not None else None
 
 
-def retrain_arms(
-    spark: Any,
-    cfg: SimulateConfig,
-    arms: list[Arm],
-    seed: int,
-    round_: int,
-    evaluation: EvalSet,
-    stages: Stages,
-    checkpoints: dict[str, str] | None = None,
-) -> dict[str, dict[str, float]]:
-    """ETL + training of each arm's model for round ``round_``; arm -> its quality. The ETLs
-    run one after the other on this thread (one Spark session); each arm's training and
-    evaluation starts on one of ``cfg.concurrent_trainings`` threads as soon as its lake is
-    written, so the next arm's ETL and other trainings overlap it (each training is seeded
-    and its Ray Train run its own: the results do not depend on the overlap)."""
+def retrain_arms(spark: Any, job: RoundJob, arms: list[Arm]) -> dict[str, dict[str, float]]:
+    """ETL + training of each arm's model for the round; arm -> its quality. The ETLs run one
+    after the other on this thread (one Spark session); each arm's training and evaluation
+    starts on one of ``concurrent_trainings`` threads as soon as its lake is written, so the
+    next arm's ETL and other trainings overlap it (each training is seeded and its Ray Train
+    run its own: the results do not depend on the overlap)."""
     from train.driver import connect_ray
 
     # A local Ray started here, not on a pool thread: its GCS and raylet get SIGKILL when the
     # thread that spawned them exits (PR_SET_PDEATHSIG follows the thread).
-    connect_ray(arm_train_config(cfg, arms[0], seed, round_))
-    with ThreadPoolExecutor(cfg.concurrent_trainings, thread_name_prefix="sim-train") as pool:
+    connect_ray(arm_train_config(job.cfg, arms[0], job.seed, job.number))
+    threads = job.cfg.concurrent_trainings
+    with ThreadPoolExecutor(threads, thread_name_prefix="sim-train") as pool:
         futures = {}
         for arm in arms:
-            update_lake(spark, cfg, arm, stages)
-            futures[arm.spec] = pool.submit(
-                train_arm, cfg, arm, seed, round_, evaluation, stages, checkpoints
-            )
+            update_lake(spark, job.cfg, arm, job.stages)
+            futures[arm.spec] = pool.submit(train_arm, job, arm)
         return {spec: future.result() for spec, future in futures.items()}
 
 
@@ -246,34 +242,25 @@ def update_lake(spark: Any, cfg: SimulateConfig, arm: Arm, stages: Stages) -> No
         run_etl(spark, etl)
 
 
-def train_arm(
-    cfg: SimulateConfig,
-    arm: Arm,
-    seed: int,
-    round_: int,
-    evaluation: EvalSet,
-    stages: Stages,
-    checkpoints: dict[str, str] | None = None,
-) -> dict[str, float]:
-    """Train the arm's model on its lake (Ray Train) and measure it; its quality.
-    ``checkpoints`` (arm -> best checkpoint of its last training) is read for a warm start and
-    updated."""
+def train_arm(job: RoundJob, arm: Arm) -> dict[str, float]:
+    """Train the arm's model on its lake (Ray Train, warm from its last best checkpoint when
+    ``warm_start``) and measure it; its quality."""
     from train.driver import run_training
     from train.models import build_model
     from train.pyfunc import load_checkpoint_state
 
-    with timed(stages, "training"):
-        init_from = (checkpoints or {}).get(arm.spec, "") if cfg.warm_start else ""
-        train_cfg = arm_train_config(cfg, arm, seed, round_, init_from)
+    cfg = job.cfg
+    with timed(job.stages, "training"):
+        init_from = job.checkpoints.get(arm.spec, "") if cfg.warm_start else ""
+        train_cfg = arm_train_config(cfg, arm, job.seed, job.number, init_from)
         result = run_training(train_cfg)
-        if checkpoints is not None:
-            checkpoints[arm.spec] = result.best_checkpoint_path
+        job.checkpoints[arm.spec] = result.best_checkpoint_path
         spec = FeatureSpec.load(arm.lake)
         model = build_model(cfg.model, spec, train_cfg.model_params)
         model.load_state_dict(load_checkpoint_state(result.best_checkpoint_path))
         arm.model, arm.bundle = model.eval(), FeatureBundle.from_lake(arm.lake)
-    with timed(stages, "evaluation"):
-        quality = evaluation.quality(ModelScorer(arm.model, arm.bundle))
+    with timed(job.stages, "evaluation"):
+        quality = job.evaluation.quality(ModelScorer(arm.model, arm.bundle))
     arm.trained = (train_cfg, spec)
     return quality | {"valid_" + k: v for k, v in _last_valid(result.history).items()}
 
