@@ -70,6 +70,7 @@ class OpenTraining:
     epochs: list[dict[str, Any]] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
     bar: Any = None
+    position: int = 0  # the bar's line below the cursor, free among the open trainings'
 
     def text(self, cfg: TrainConfig, ok: bool) -> str:
         """``3/3 epochs in 95s, valid ctr_auc 0.601/0.612/0.615 ...`` (plain mode's line)."""
@@ -158,7 +159,9 @@ class Display:
     def train_started(self, cfg: TrainConfig) -> None:
         with self.lock:
             self.end_stage(keep=False)  # the bar stands for the "training ..." stage
-            training = self.trainings[cfg.name] = OpenTraining()
+            taken = {t.position for t in self.trainings.values()}
+            position = min(set(range(len(taken) + 1)) - taken)
+            training = self.trainings[cfg.name] = OpenTraining(position=position)
             desc = f"{self._clock()} {cfg.model} seed {cfg.seed}"
             if not self.tty:  # the stage line announced it; one line when it ends
                 return
@@ -167,7 +170,7 @@ class Display:
             training.bar = tqdm(  # tqdm writes the postfix as ", <postfix>"
                 total=cfg.epochs, desc=desc, unit="epoch", file=self.stream, leave=True,
                 bar_format="{desc} {bar:20} {n}/{total} epochs [{elapsed}]{postfix}",
-                dynamic_ncols=True, position=len(self.trainings) - 1,
+                dynamic_ncols=True, position=training.position,
             )  # fmt: skip
             self._start_ticker()
 
