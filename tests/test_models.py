@@ -477,3 +477,28 @@ def test_default_config_finds_the_signal(name: str, spec: FeatureSpec) -> None:
     with torch.no_grad():
         auc = roc_auc_score(test["click"].numpy(), model.eval()(test)["pctr"].numpy())
     assert auc > 0.6, auc
+
+
+@pytest.mark.parametrize("name", ["deepfm", "rnn_mtl"])
+def test_embedding_l2_shrinks_only_the_rows_a_batch_uses(
+    name: str, spec: FeatureSpec, batch: dict[str, torch.Tensor]
+) -> None:
+    model = build_model(name, spec, {"embedding_l2": 0.5}).eval()  # eval: no dropout noise
+    plain = build_model(name, spec, {}).eval()
+    plain.load_state_dict(model.state_dict())
+    rows = subset(batch, torch.arange(8, 16))
+    parts, base = model.loss(model(rows), rows), plain.loss(plain(rows), rows)
+    expected = 0.0  # every table of every embedding module, each distinct looked-up row once
+    for owner in (m for m in model.modules() if hasattr(m, "tables")):
+        for vocab, table in owner.tables.items():
+            used = torch.cat([rows[f.name].reshape(-1) for f in spec.fields if f.vocab == vocab])
+            expected += float(table.weight[torch.unique(used)].detach().pow(2).sum())
+    assert float(parts["embedding_l2"]) == pytest.approx(expected, rel=1e-5)
+    assert "embedding_l2" not in base
+    assert float(parts["loss"]) == pytest.approx(float(base["loss"]) + 0.5 * expected, rel=1e-5)
+
+    model.embedding_l2(rows).backward()
+    table = (model if name == "rnn_mtl" else model.ctr_net).embedding.tables["item"]
+    touched = set(torch.nonzero(table.weight.grad.abs().sum(1)).flatten().tolist())
+    looked_up = set(torch.cat([rows["item"], rows["hist_item"].reshape(-1)]).tolist())
+    assert touched and touched == looked_up - {0}  # padding row 0 is fixed at zero

@@ -30,6 +30,7 @@ COMMON_SPACE = {
     "weight_decay": "choice:0|1e-6|1e-5",
     "embedding_dim": "choice:8|16|32",
     "dropout": "uniform:0:0.3",
+    "embedding_l2": "choice:0|1e-3|1e-2",
 }
 MODEL_SPACES = {
     "deepfm": {"dnn_hidden": "choice:64,32|128,64|256,128"},

@@ -22,13 +22,12 @@ Prints one table and writes JSON. Not run by CI.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench_quality import ensure_lake, ensure_world
+from bench_report import Report
 
 from etl.cli import parse
 from etl.world import WorldConfig
@@ -133,7 +132,7 @@ def _yes(gap: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     bench = parse(BenchConvergenceConfig, argv, description=__doc__.split("\n")[0])
     data = Path(bench.data_dir).resolve()
-    t0, load_start = time.perf_counter(), os.getloadavg()
+    report = Report(bench)
     connect_ray(TrainConfig(num_workers=bench.num_workers, ray_num_cpus=0))
     rows = []
     for users in [int(u) for u in bench.users.split(",") if u]:
@@ -149,20 +148,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     print()
     print(table(rows))
-    report = {
-        "args": asdict(bench),
-        "defaults": {k: getattr(_DEFAULTS, k) for k in ("epochs", "patience", "batch_size", "lr")}
+    report.write(
+        bench.out,
+        defaults={k: getattr(_DEFAULTS, k) for k in ("epochs", "patience", "batch_size", "lr")}
         | {"early_stop_metric": _DEFAULTS.early_stop_metric},
-        "tolerance": TOLERANCE,
-        "machine": platform.platform(),
-        "loadavg_start": load_start,
-        "loadavg_end": os.getloadavg(),
-        "total_seconds": round(time.perf_counter() - t0, 1),
-        "runs": rows,
-    }
-    Path(bench.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(bench.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {bench.out}")
+        tolerance=TOLERANCE,
+        runs=rows,
+    )
     return 0
 
 

@@ -27,6 +27,10 @@ class FeatureEmbedding(nn.Module):
                 for vocab, size in spec.vocab_sizes.items()
             }
         )
+        self._vocab_fields: dict[str, list[FieldSpec]] = {}
+        for f in spec.fields:
+            if f.kind != "dense":
+                self._vocab_fields.setdefault(f.vocab, []).append(f)
         self.dense_weight = nn.ParameterDict(
             {f.name: nn.Parameter(torch.empty(embedding_dim)) for f in spec.dense}
         )
@@ -61,6 +65,21 @@ class FeatureEmbedding(nn.Module):
             for f in self.spec.sequence:
                 embs[f.name] = masked_mean(embs[f.name], mask)
         return torch.stack([embs[f.name] for f in self.spec.fields], dim=1)
+
+    def squared_norm(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sum of squares of the table rows ``batch`` looks up, each distinct row once.
+
+        The L2 term of ``ModelConfig.embedding_l2``: rows no batch uses are never shrunk, so a
+        rare id keeps what it learned (weight decay would pull every row to zero every step).
+        """
+        terms = []
+        for vocab, table in self.tables.items():
+            fields = self._vocab_fields.get(vocab, ())
+            ids = [batch[f.name].reshape(-1) for f in fields if f.name in batch]
+            if ids:
+                rows = torch.unique(torch.cat(ids).long())
+                terms.append(table.weight[rows].pow(2).sum())
+        return torch.stack(terms).sum() if terms else torch.zeros(())
 
     @property
     def num_fields(self) -> int:

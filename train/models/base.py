@@ -21,6 +21,7 @@ from torch import nn
 
 from etl.spec import FeatureSpec
 from train.config import ModelConfig
+from train.layers.embedding import FeatureEmbedding
 from train.losses import MAX_LOG_RATE, conventional_loss, entire_space_loss, poisson_loss
 
 Logits = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # ctr, cvr, log_views
@@ -95,7 +96,15 @@ class BaseModel(nn.Module):
         if self.has_exploration:
             parts["views_loss"] = poisson_loss(outputs["log_views"], batch["n_future_views"])
             total = total + self.cfg.explore_weight * parts["views_loss"] / self.views_scale
+        if self.cfg.embedding_l2 > 0:
+            parts["embedding_l2"] = self.embedding_l2(batch)
+            total = total + self.cfg.embedding_l2 * parts["embedding_l2"]
         return {"loss": total, **parts}
+
+    def embedding_l2(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Squared norm of the embedding rows ``batch`` looks up, over every table."""
+        norms = [m.squared_norm(batch) for m in self.modules() if isinstance(m, FeatureEmbedding)]
+        return torch.stack(norms).sum()
 
 
 class TwoNetModel(BaseModel):
