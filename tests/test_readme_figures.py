@@ -208,6 +208,35 @@ CHECKS += [
     )
     for n in (1, 2)
 ]
+EPOCH_ROWS = {  # the README's label of a bench_epochs variant -> its name in the JSON
+    "base (the defaults)": "base",
+    "`embedding_l2=1e-3`": "embedding_l2=1e-3",
+    "`embedding_l2=1e-2`": "embedding_l2=1e-2",
+    "user, ad, campaign, customer, brand set to unknown": "no id fields",
+    "`dropout=0.3`": "dropout=0.3",
+    "lr 1e-3": "lr=1e-3",
+    "embedding lr 3e-4": "embedding lr=3e-4",
+    "MLP and GRU re-initialised each epoch": "reinit",
+}
+EPOCH_POINTS = (0.5, 1.0, 2.0, 3.0, 4.0)  # the table's columns among the curve's evaluations
+
+
+def epoch_row(label: str, variant: str) -> tuple[str, str, list[Key]]:
+    """A row of the epoch-curve table: valid CTR AUC at EPOCH_POINTS, the best and its epoch."""
+
+    def at(epoch: float) -> Key:
+        return lambda j: next(r for r in j["curves"][variant] if r["epoch"] == epoch)["ctr_auc"]
+
+    def best(j: dict) -> dict:
+        return max(j["curves"][variant], key=lambda r: r["ctr_auc"])
+
+    cells = r" \| ".join(["#"] * len(EPOCH_POINTS))
+    keys = [at(e) for e in EPOCH_POINTS]
+    keys += [lambda j: best(j)["ctr_auc"], lambda j: best(j)["epoch"]]
+    return rf"\| {re.escape(label)} \| {cells} \| # \(#\) \|", "bench_epochs.json", keys
+
+
+CHECKS += [epoch_row(label, variant) for label, variant in EPOCH_ROWS.items()]
 WORDS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "two": 2, "three": 3, "four": 4}
 
 
