@@ -38,6 +38,7 @@ from etl.tables import DELTA_LOG_DIR, SAMPLES
 _COMMIT = re.compile(r"^(\d{20})\.json$")
 _CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint\.parquet$")  # single-part checkpoints
 SPLIT_COLUMN = "split"  # the samples partition column a snapshot is cut by
+DAY_COLUMN = "day"  # the partition column within a split (impression day, yyyy-mm-dd)
 
 
 class SnapshotError(RuntimeError):
@@ -157,12 +158,16 @@ def recorded_version(spec: FeatureSpec, table: str) -> int:
 
 
 def snapshot_splits(
-    lake: str | Path, spec: FeatureSpec | None = None, table: str = SAMPLES
+    lake: str | Path,
+    spec: FeatureSpec | None = None,
+    table: str = SAMPLES,
+    last_train_days: int = 0,
 ) -> dict[str, list[str]]:
     """split -> sorted file URIs (file:///..., s3://...) of that split in the version of
-    ``table`` the lake's feature spec records (one log replay for every split)."""
+    ``table`` the lake's feature spec records (one log replay for every split);
+    ``last_train_days`` > 0 keeps only the train files of the latest that many train days."""
     spec = spec if spec is not None else FeatureSpec.load(lake)
-    by_split = _split_uris(lake, spec, table)
+    by_split = _split_uris(lake, spec, table, last_train_days)
     _check_present([f for uris in by_split.values() for f in uris], spec, lake, table)
     return by_split
 
@@ -182,10 +187,21 @@ def snapshot_files(
     return files
 
 
-def _split_uris(lake: str | Path, spec: FeatureSpec, table: str) -> dict[str, list[str]]:
+def _split_uris(
+    lake: str | Path, spec: FeatureSpec, table: str, last_train_days: int = 0
+) -> dict[str, list[str]]:
     table_dir = storage.join(lake, table)
+    adds = _adds_at(table_dir, recorded_version(spec, table))
+    if last_train_days > 0:
+        train = {
+            path: v.get(DAY_COLUMN, "")
+            for path, v in adds.items()
+            if v.get(SPLIT_COLUMN) == "train"
+        }
+        old = set(sorted(set(train.values()))[:-last_train_days])
+        adds = {path: v for path, v in adds.items() if train.get(path) not in old}
     by_split: dict[str, list[str]] = {}
-    for path, values in _adds_at(table_dir, recorded_version(spec, table)).items():
+    for path, values in adds.items():
         uri = storage.arrow_uri(storage.join(table_dir, unquote(path)))
         by_split.setdefault(values.get(SPLIT_COLUMN, ""), []).append(uri)
     return {split: sorted(uris) for split, uris in sorted(by_split.items())}

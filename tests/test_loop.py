@@ -71,6 +71,20 @@ def test_preflight_unknown_model_and_bad_params(no_ray, lake, tmp_path):
     cfg = make_cfg(lake[0], tmp_path, model="esmm", model_params={"gru_hidden": "8"})
     one_line_error(cfg, "does not fit the feature spec")
     one_line_error(make_cfg(lake[0], tmp_path, batch_size=0), "batch-size must be >= 1")
+    one_line_error(make_cfg(lake[0], tmp_path, train_days=-1), "train-days must be >= 0, got -1")
+
+
+def test_preflight_train_days_keeps_the_latest_train_days(no_ray, lake):
+    from train.preflight import preflight
+
+    every = preflight(make_cfg(lake[0], lake[0].parent)).files
+    latest = preflight(make_cfg(lake[0], lake[0].parent, train_days=1)).files
+    days = {f.split("day=")[1].split("/")[0] for f in every["train"]}
+    assert len(days) >= 2
+    assert {f.split("day=")[1].split("/")[0] for f in latest["train"]} == {max(days)}
+    assert latest["valid"] == every["valid"] and latest["test"] == every["test"]
+    more = preflight(make_cfg(lake[0], lake[0].parent, train_days=len(days) + 5)).files
+    assert more == every
 
 
 def test_preflight_lake_without_spec(no_ray, lake, tmp_path):

@@ -46,7 +46,7 @@ def preflight(cfg: TrainConfig) -> Prepared:
     lake = _check_lake(cfg.lake)
     spec = _load_spec(lake)
     model = _check_model(cfg, spec)
-    files = _snapshot(lake, spec)
+    files = _snapshot(lake, spec, cfg.train_days)
     init_state = _check_init(cfg, lake, spec, model)
     name = cfg.name or f"{cfg.model}-{datetime.now():%Y%m%d-%H%M%S}-s{cfg.seed}"
     predictions = storage.join(cfg.storage_path, name, "predictions", "test.parquet")
@@ -60,8 +60,10 @@ def _check_numbers(cfg: TrainConfig) -> None:
             raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(cfg, key)}")
     if cfg.loader not in LOADERS:
         raise ConfigError(f"unknown loader {cfg.loader!r}; choose one of {list(LOADERS)}")
-    if cfg.patience < 0 or cfg.max_failures < 0 or cfg.max_steps_per_epoch < 0:
-        raise ConfigError("--patience, --max-failures and --max-steps-per-epoch must be >= 0")
+    non_negative = ("patience", "max_failures", "max_steps_per_epoch", "train_days")
+    for key in non_negative:
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"--{key.replace('_', '-')} must be >= 0, got {getattr(cfg, key)}")
     try:
         metric(cfg.early_stop_metric)
     except ValueError as exc:
@@ -147,9 +149,9 @@ def dummy_batch(spec: FeatureSpec, rows: int = 2) -> dict[str, torch.Tensor]:
     return batch
 
 
-def _snapshot(lake: str, spec: FeatureSpec) -> dict[str, list[str]]:
+def _snapshot(lake: str, spec: FeatureSpec, train_days: int = 0) -> dict[str, list[str]]:
     try:
-        listed = snapshot_splits(lake, spec)
+        listed = snapshot_splits(lake, spec, last_train_days=train_days)
     except SnapshotError as exc:
         raise ConfigError(str(exc)) from None
     wanted = [s for s in SPLITS if spec.splits.get(s) or s in listed]

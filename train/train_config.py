@@ -57,6 +57,13 @@ class TrainConfig:
         default="petastorm", metadata={"help": "data loader backend", "choices": LOADERS}
     )
     shuffle_buffer: int = field(default=100_000, metadata={"help": "rows in the shuffle buffer"})
+    train_days: int = field(
+        default=0,
+        metadata={
+            "help": "train on the latest N days of the train split only (0: all); with "
+            "--init-from, N=1 is one pass over each day, as a daily retraining"
+        },
+    )
     max_steps_per_epoch: int = field(
         default=0, metadata={"help": "cap on steps per epoch (0: a full pass)"}
     )

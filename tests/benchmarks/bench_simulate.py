@@ -66,7 +66,10 @@ def main() -> int:
     parser.add_argument("--concurrent", default="1,2", help="--concurrent-trainings values")
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     args, extra = parser.parse_known_args()
-    values = [int(v) for v in args.concurrent.split(",") if v.strip()]
+    try:
+        values = [int(v) for v in args.concurrent.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--concurrent: comma-separated integers, got {args.concurrent!r}")
     extra = ["--rounds", str(args.rounds), "--seeds", str(args.seeds), *extra]
     load_before = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="bench-simulate-") as tmp:

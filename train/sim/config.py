@@ -51,6 +51,13 @@ class SimulateConfig:
             "incremental ETL keeps vocabulary ids; --no-warm-start: from scratch)"
         },
     )
+    warm_train_days: int = field(
+        default=0,
+        metadata={
+            "help": "a warm-started training reads only the latest N train days (0: all, "
+            "which the previous model has already seen)"
+        },
+    )
     max_len: int = field(default=20, metadata={"help": "history length L (ETL)"})
     eval_users: int = field(
         default=1000,  # 200 gave 668 impressions, 37 clicks and no purchase (seed 0)
@@ -80,8 +87,10 @@ class SimulateConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.initial_days < 2:
             raise ValueError("--initial-days must be >= 2 (one train and one valid day)")
-        if self.history_days < 0 or self.eval_users < 1 or self.max_len < 1:
-            raise ValueError("--history-days must be >= 0, --eval-users and --max-len >= 1")
+        if self.history_days < 0 or self.warm_train_days < 0:
+            raise ValueError("--history-days and --warm-train-days must be >= 0")
+        if self.eval_users < 1 or self.max_len < 1:
+            raise ValueError("--eval-users and --max-len must be >= 1")
         if not 0.0 <= self.new_ad_share <= 1.0:
             raise ValueError(f"--new-ad-share must be in [0, 1], got {self.new_ad_share}")
         arms = self.arm_specs()

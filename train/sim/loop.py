@@ -282,6 +282,7 @@ def arm_train_config(
         storage_path=str(arm.root / "ray_results"),
         name=f"{arm.name}-seed{seed}-round{round_}",
         init_from=init_from,
+        train_days=cfg.warm_train_days if init_from else 0,
     )
 
 
