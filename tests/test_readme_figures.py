@@ -237,6 +237,14 @@ def epoch_row(label: str, variant: str) -> tuple[str, str, list[Key]]:
 
 
 CHECKS += [epoch_row(label, variant) for label, variant in EPOCH_ROWS.items()]
+CHECKS += [
+    (
+        rf"{model} #, #, #",
+        f"bench_epochs_12k_{model}.json",
+        [f"curves.base.{i}.ctr_auc" for i in range(3)],
+    )
+    for model in ("rnn_mtl", "deepfm")
+]
 WORDS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "two": 2, "three": 3, "four": 4}
 
 
