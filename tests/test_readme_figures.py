@@ -245,6 +245,23 @@ CHECKS += [
     )
     for model in ("rnn_mtl", "deepfm")
 ]
+RETRAINING = {  # the README's flags of a retraining row -> its run's JSON
+    "`--warm-train-days 0`": "all_days",
+    "`--warm-train-days 0 --epochs 1`": "all_days_1_epoch",
+    "`--no-warm-start`": "from_scratch",
+    "`--warm-train-days 1`": "latest_day",
+}
+
+
+def retraining_row(flags: str, run: str) -> tuple[str, str, list[Key]]:
+    """A row of the loop's retraining table: greedy's CTR AUC in rounds 1-5, purchases 1-5."""
+    keys: list[Key] = [f"arms.greedy.rounds.{r}.ctr_auc" for r in range(1, 6)]
+    keys.append(lambda j: sum(row["purchases"] for row in j["arms"]["greedy"]["rounds"][1:]))
+    cells = ", ".join(["#"] * 5)
+    return rf"\({re.escape(flags)}\)\** \| {cells} \| # \|", f"simulate_retraining/{run}.json", keys
+
+
+CHECKS += [retraining_row(flags, run) for flags, run in RETRAINING.items()]
 WORDS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "two": 2, "three": 3, "four": 4}
 
 

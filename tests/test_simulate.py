@@ -235,6 +235,9 @@ def test_two_rounds_two_arms_end_to_end(spark, tmp_path):
     ]
     init_from = child.data.params["init_from"]
     assert "round1" in init_from
+    # a warm round reads only the newest train day (--warm-train-days 1), round 1 every day
+    days = {(c.data.params["round"], c.data.params["train_days"]) for c in children}
+    assert days == {("1", "0"), ("2", "1")}
     uniform = Arm("uniform", tmp_path / "sim" / "seed_0" / "uniform")
     alone = run_training(replace(arm_train_config(cfg, uniform, 0, 2, init_from), name="alone"))
     assert alone.history[-1]["valid_ctr_auc"] == u[2]["valid_ctr_auc"]

@@ -52,10 +52,10 @@ class SimulateConfig:
         },
     )
     warm_train_days: int = field(
-        default=0,
+        default=1,  # 0 (all days) let greedy's CTR AUC fall from 0.747 to 0.708 over rounds 2-5
         metadata={
-            "help": "a warm-started training reads only the latest N train days (0: all, "
-            "which the previous model has already seen)"
+            "help": "a warm-started training reads only the latest N train days, the ones its "
+            'model has not seen (0: all days; README "Retraining in the loop")'
         },
     )
     max_len: int = field(default=20, metadata={"help": "history length L (ETL)"})

@@ -320,7 +320,8 @@ def log_child(cfg: SimulateConfig, arm: Arm, seed: int, round_: int, metrics: di
     with mlflow.start_run(run_name=f"{arm.name}/seed{seed}/round{round_}", nested=True) as run:
         mlflow.set_tags(tags)
         params = {"arm": arm.spec, "round": round_, "seed": seed, "model": cfg.model}
-        mlflow.log_params(params | {"init_from": train_cfg.init_from or "none"})
+        warm = {"init_from": train_cfg.init_from or "none", "train_days": train_cfg.train_days}
+        mlflow.log_params(params | warm)
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
         info = log_pyfunc_model(
             cfg.model,
