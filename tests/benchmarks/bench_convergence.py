@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench_quality import ensure_lake, ensure_world
-from bench_report import Report
+from benchmark_report import Report
 
 from etl.cli import parse
 from etl.world import WorldConfig

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_report import Report
+from benchmark_report import Report
 
 from etl.cli import parse
 from etl.delta_log import snapshot_splits
