@@ -245,6 +245,20 @@ CHECKS += [
     )
     for model in ("rnn_mtl", "deepfm")
 ]
+CHECKS.append(
+    (
+        r"at `--concurrent 1` took # s \(ETL # s, training # s; 2026-12-04\s+19:47-19:55 UTC, "
+        r"load average # before, # after",
+        "bench_simulate_latest_day.json",
+        [
+            "runs.0.wall_s",
+            "runs.0.stages.etl",
+            "runs.0.stages.training",
+            "load_average.before.0",
+            "load_average.after.0",
+        ],
+    )
+)
 RETRAINING = {  # the README's flags of a retraining row -> its run's JSON
     "`--warm-train-days 0`": "all_days",
     "`--warm-train-days 0 --epochs 1`": "all_days_1_epoch",
