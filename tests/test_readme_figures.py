@@ -259,6 +259,27 @@ CHECKS.append(
         ],
     )
 )
+CHECKS += [
+    (
+        rf"\| {arm} \| # ± # \| # \| # \| # ± # \|",
+        "simulate_default.json",
+        [
+            f"arms.{arm}.rounds.5.{key}"
+            for key in (
+                "cum_purchases", "cum_purchases_ci95", "impressions", "further_views",
+                "ctr_auc", "ctr_auc_ci95",
+            )
+        ],
+    )
+    for arm in ("greedy", "incentive", "uniform")
+]  # fmt: skip
+CHECKS.append(
+    (
+        r"Stages \(seconds\): ETL #,\s+training #, policy #, evaluation #\.",
+        "simulate_default.json",
+        [f"stages.{s}" for s in ("etl", "training", "policy", "evaluation")],
+    )
+)
 RETRAINING = {  # the README's flags of a retraining row -> its run's JSON
     "`--warm-train-days 0`": "all_days",
     "`--warm-train-days 0 --epochs 1`": "all_days_1_epoch",
