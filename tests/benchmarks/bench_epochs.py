@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -154,7 +153,7 @@ def table(curves: dict[str, list[dict[str, float]]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     bench = parse(BenchEpochsConfig, argv, description=__doc__.split("\n")[0])
     torch.set_num_threads(1)
-    spec = FeatureSpec.from_json((Path(bench.lake) / "_feature_spec.json").read_text())
+    spec = FeatureSpec.load(bench.lake)
     files = snapshot_splits(bench.lake, spec)
     variants = dict(parse_variant(v) for v in bench.variants.split(";") if v)
     report, curves = Report(bench), {}
