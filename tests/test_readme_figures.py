@@ -280,6 +280,34 @@ CHECKS.append(
         [f"stages.{s}" for s in ("etl", "training", "policy", "evaluation")],
     )
 )
+
+
+def overhead_mean(code: str, interval: str, key: str) -> Key:
+    """bench_train_overhead's mean over repeats of one code version's poll interval."""
+    return lambda j: sum(r[key] for r in j[code]["runs"][interval]) / len(j[code]["runs"][interval])
+
+
+CHECKS += [
+    (
+        rf"\| \**{label}\** \| {re.escape(interval)} \| # \| # \| # \|",
+        "bench_train_overhead.json",
+        [overhead_mean(code, interval, k) for k in ("fit_s", "epochs_s", "overhead_s")],
+    )
+    for code, label, interval in (
+        ("before", "before", "2"),
+        ("before", "before", "0.25"),
+        ("after", "after", "2"),
+        ("after", r"after \(the defaults now\)", "0.25"),
+    )
+]
+CHECKS.append(
+    (
+        r"box \(load average # at the start, # at the end; JSON\s+"
+        r"`tests/benchmarks/bench_train_overhead.json`",
+        "bench_train_overhead.json",
+        ["before.loadavg_start.0", "after.loadavg_end.0"],
+    )
+)
 RETRAINING = {  # the README's flags of a retraining row -> its run's JSON
     "`--warm-train-days 0`": "all_days",
     "`--warm-train-days 0 --epochs 1`": "all_days_1_epoch",

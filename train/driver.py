@@ -23,14 +23,16 @@ from train.checkpoints import STATE_FILE
 from train.metrics import metric, summarize_seeds
 from train.preflight import ConfigError, Prepared, preflight
 from train.progress import epoch_feed
+from train.ray_setup import quiet_placement_group_cleaner
 from train.results import SeedsResult, TrainResult
 from train.train_config import TrainConfig
 from train.worker import train_loop_per_worker
 
 log = logging.getLogger(__name__)
-PLACEMENT_GROUP_CLEANER_LOGGER = (
-    "ray.train.v2._internal.execution.controller.placement_group_cleaner"
-)
+# Ray Train's controller polls the workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (Ray's
+# default 2 s) and only then takes in a report, so each epoch's checkpoint, the final one and the
+# end of the run wait for a poll (tests/benchmarks/bench_train_overhead.py). A set variable wins.
+POLL_INTERVAL_ENV, POLL_INTERVAL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 
 
 def train_and_log(cfg: TrainConfig) -> SeedsResult:
@@ -80,13 +82,6 @@ def connect_ray(cfg: TrainConfig) -> None:
         raise ConfigError(f"Ray token authentication failed: {exc}".replace("\n", " ")) from None
 
 
-def quiet_placement_group_cleaner() -> None:
-    """Worker setup hook of a local Ray: Ray Train's placement-group cleaner asks the state API
-    (served by the dashboard, which a local Ray here runs without) whether the controller lives,
-    once a second, and logs a warning each time it cannot, onto the driver's terminal."""
-    logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).setLevel(logging.ERROR)
-
-
 def disconnect_ray() -> None:
     """Stop the local Ray this process started (or leave the cluster it joined) once no more
     training follows, so the Spark steps after it do not share the machine with an idle Ray."""
@@ -119,6 +114,7 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult
     prepared = preflight(cfg)
     cfg = replace(cfg, name=prepared.name)
     connect_ray(cfg)
+    os.environ.setdefault(POLL_INTERVAL_ENV, POLL_INTERVAL_S)  # the controller reads it at start
     has_valid = "valid" in prepared.files
     score = f"valid_{cfg.early_stop_metric}" if has_valid else None
     feed = epoch_feed(cfg)  # per-epoch progress to the console, when one is installed

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import stats
-from sklearn.metrics import log_loss, roc_auc_score
+
+# scikit-learn and scipy are imported where used: the config dataclasses import this module
+# (EARLY_STOP_METRIC), and Ray Train's controller process unpickles a TrainConfig, ~1.4 s of
+# imports it never needs (tests/benchmarks/bench_train_overhead.py).
 
 PROB_EPS = 1e-7  # clip probabilities before log loss
 SPLIT_PREFIXES = ("train_", "valid_", "test_")
@@ -108,6 +110,8 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     labels = np.asarray(labels).ravel()
     if labels.size == 0 or np.unique(labels).size < 2:
         return float("nan")
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64).ravel()))
 
 
@@ -116,6 +120,8 @@ def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
     labels = np.asarray(labels).ravel()
     if labels.size == 0:
         return float("nan")
+    from sklearn.metrics import log_loss
+
     p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), PROB_EPS, 1.0 - PROB_EPS)
     return float(log_loss(labels, p, labels=[0, 1]))
 
@@ -132,6 +138,8 @@ def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> tuple[fl
         )
     if groups.size == 0:
         return float("nan"), 0
+    from sklearn.metrics import roc_auc_score
+
     order = np.argsort(groups, kind="stable")
     labels, scores, groups = labels[order], scores[order], groups[order]
     starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
@@ -205,6 +213,8 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple
         return math.nan, math.nan
     if vals.size < 2:
         return float(vals[0]), math.nan
+    from scipy import stats
+
     scale = vals.std(ddof=1) / math.sqrt(vals.size)
     return float(vals.mean()), float(stats.t.ppf(0.5 + confidence / 2, vals.size - 1) * scale)
 
