@@ -308,6 +308,18 @@ CHECKS.append(
         ["before.loadavg_start.0", "after.loadavg_end.0"],
     )
 )
+CHECKS.append(
+    (
+        r"day took # s against # s with it, and the full run over 4 days # s against # s",
+        "bench_etl_incremental_codegen.json",
+        [
+            "whole_stage_codegen_off.incremental_one_day_s",
+            "default.incremental_one_day_s",
+            "whole_stage_codegen_off.full_run_all_days_s",
+            "default.full_run_all_days_s",
+        ],
+    )
+)
 RETRAINING = {  # the README's flags of a retraining row -> its run's JSON
     "`--warm-train-days 0`": "all_days",
     "`--warm-train-days 0 --epochs 1`": "all_days_1_epoch",

@@ -42,8 +42,15 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=4, help="impression days; the last is added")
     parser.add_argument("--cores", type=int, default=2, help="Spark local[N]")
     parser.add_argument("--max-len", type=int, default=50, help="history length L")
+    parser.add_argument(
+        "--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+        help="a Spark setting for the session (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     args = parser.parse_args()
+    extra = dict(kv.split("=", 1) for kv in args.spark_conf if "=" in kv)
+    if len(extra) != len(args.spark_conf):
+        parser.error(f"--spark-conf: KEY=VALUE, got {args.spark_conf}")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("etl").setLevel(logging.INFO)  # one line per table written, timestamped
@@ -54,7 +61,7 @@ def main() -> int:
     spark = get_spark(
         "bench-incremental",
         master=f"local[{args.cores}]",
-        extra_conf={"spark.sql.shuffle.partitions": str(2 * args.cores)},
+        extra_conf={"spark.sql.shuffle.partitions": str(2 * args.cores), **extra},
     )
 
     def run(raw: Path, lake: Path, incremental: bool) -> tuple[float, dict]:
@@ -74,6 +81,7 @@ def main() -> int:
         "users": args.users,
         "days": args.days,
         "cores": args.cores,
+        "spark_conf": extra,
         "first_full_run_s (cold, days 1..n-1)": round(warm_s, 1),
         "incremental_one_day_s": round(inc_s, 1),
         "full_run_all_days_s": round(full_s, 1),
