@@ -320,6 +320,62 @@ CHECKS.append(
         ],
     )
 )
+SHARE_ARMS = ("greedy", "incentive", "incentive@greedy", "softmax")
+
+
+def share_key(share: str, *path: str) -> Key:
+    """bench_new_ad_share.json's figure under a share ("0.05": a key with a dot in it)."""
+
+    def find(j: dict) -> float:
+        data = j[path[0]][share]
+        for part in path[1:]:
+            data = data[part]
+        return data
+
+    return find
+
+
+def vs_greedy(share: str, arm: str) -> Key:
+    """The arm's cumulative purchases minus greedy's, in the share's final round."""
+    return lambda j: (
+        j["final_round"][share][arm]["cum_purchases"]
+        - j["final_round"][share]["greedy"]["cum_purchases"]
+    )
+
+
+FINAL_KEYS = (
+    "cum_purchases", "cum_purchases_ci95", "cum_further_views", "cum_further_views_ci95",
+    "ctr_auc", "ctr_auc_ci95",
+)  # fmt: skip
+CHECKS += [
+    (
+        rf"\| {share} \| {re.escape(arm)} \| # ± # \| # ± # \| # ± # \| \+?# \|",
+        "bench_new_ad_share.json",
+        [*(share_key(share, "final_round", arm, k) for k in FINAL_KEYS), vs_greedy(share, arm)],
+    )
+    for share in ("0.0", "0.05")
+    for arm in SHARE_ARMS
+]
+CHECKS += [
+    (
+        rf"\| {share} \| {re.escape(arm)} \| " + r" \| ".join([r"\+?# / #"] * 3) + r" \|",
+        "bench_new_ad_share.json",
+        [
+            share_key(share, "ope_accuracy", arm, est, k)
+            for est in ("ips", "snips", "dr")
+            for k in ("bias", "rmse")
+        ],
+    )
+    for share in ("0.0", "0.05")
+    for arm in SHARE_ARMS[:3]
+]
+CHECKS.append(
+    (
+        r"nothing else running, # s for the share 0\s+and # s for 0\.05",
+        "bench_new_ad_share.json",
+        [share_key("0.0", "runs", "wall_s"), share_key("0.05", "runs", "wall_s")],
+    )
+)
 RETRAINING = {  # the README's flags of a retraining row -> its run's JSON
     "`--warm-train-days 0`": "all_days",
     "`--warm-train-days 0 --epochs 1`": "all_days_1_epoch",
