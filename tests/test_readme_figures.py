@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 BENCH = "tests/benchmarks"
 NUM = r"(-?[\d,]*\.?\d+)"  # a printed figure: 0.7891, 26.4, 1,647; "#" in a pattern
-Key = str | Callable[[dict], float]
+Key = str | tuple[str, ...] | Callable[[dict], float]  # tuple: path parts with dots
 
 PEERS = (  # name as printed in the README's peers list -> rows.<name> in peers.json
     "rnn_mtl", "esmm", "din", "mmoe", "deepfm", "xdeepfm", "rechub_esmm", "deepctr_din",
@@ -323,18 +323,6 @@ CHECKS.append(
 SHARE_ARMS = ("greedy", "incentive", "incentive@greedy", "softmax")
 
 
-def share_key(share: str, *path: str) -> Key:
-    """bench_new_ad_share.json's figure under a share ("0.05": a key with a dot in it)."""
-
-    def find(j: dict) -> float:
-        data = j[path[0]][share]
-        for part in path[1:]:
-            data = data[part]
-        return data
-
-    return find
-
-
 def vs_greedy(share: str, arm: str) -> Key:
     """The arm's cumulative purchases minus greedy's, in the share's final round."""
     return lambda j: (
@@ -351,7 +339,7 @@ CHECKS += [
     (
         rf"\| {share} \| {re.escape(arm)} \| # ± # \| # ± # \| # ± # \| \+?# \|",
         "bench_new_ad_share.json",
-        [*(share_key(share, "final_round", arm, k) for k in FINAL_KEYS), vs_greedy(share, arm)],
+        [*(("final_round", share, arm, k) for k in FINAL_KEYS), vs_greedy(share, arm)],
     )
     for share in ("0.0", "0.05")
     for arm in SHARE_ARMS
@@ -361,7 +349,7 @@ CHECKS += [
         rf"\| {share} \| {re.escape(arm)} \| " + r" \| ".join([r"\+?# / #"] * 3) + r" \|",
         "bench_new_ad_share.json",
         [
-            share_key(share, "ope_accuracy", arm, est, k)
+            ("ope_accuracy", share, arm, est, k)
             for est in ("ips", "snips", "dr")
             for k in ("bias", "rmse")
         ],
@@ -373,7 +361,7 @@ CHECKS.append(
     (
         r"nothing else running, # s for the share 0\s+and # s for 0\.05",
         "bench_new_ad_share.json",
-        [share_key("0.0", "runs", "wall_s"), share_key("0.05", "runs", "wall_s")],
+        [("runs", "0.0", "wall_s"), ("runs", "0.05", "wall_s")],
     )
 )
 RETRAINING = {  # the README's flags of a retraining row -> its run's JSON
@@ -407,7 +395,7 @@ def _spark_stage(j: dict, stage: str) -> dict:
 def lookup(data: Any, key: Key) -> float:
     if callable(key):
         return float(key(data))
-    for part in key.split("."):
+    for part in key if isinstance(key, tuple) else key.split("."):
         data = data[int(part)] if isinstance(data, list) else data[part]
     return float(data)
 

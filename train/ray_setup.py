@@ -3,7 +3,7 @@
 Ray runs the hook in every worker process it starts, the small actors of each Ray Train run
 (controller, placement-group cleaner, synchronization actor) included, after importing the
 hook's module. So this module imports nothing but logging: a hook in train.driver pulled torch,
-scikit-learn and pyarrow into each of those processes, ~5 s of imports apiece on 2 cores
+scikit-learn and scipy into each of those processes, ~5 s of imports apiece on 2 cores
 (tests/benchmarks/bench_train_overhead.py).
 """
 
